@@ -1,0 +1,113 @@
+"""Service settings: the only reader of DETECTOR_CONFIG (TOML) and DETECTOR_* overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.9/3.10 targets
+    import tomli as tomllib
+
+ENV_PREFIX = "DETECTOR_"
+CONFIG_ENV = "DETECTOR_CONFIG"
+ENGINES = ("auto", "torch", "opencv")
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or has a bad value."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of one service process; written by Ansible from group_vars, never by hand."""
+
+    model: str = "yolov3-tiny"
+    size: int = 0  # network input size; 0 = take it from the cfg
+    engine: str = "auto"
+    threads: int = 0  # torch/OpenCV threads per process; 0 = cores / workers
+    threshold: float = 0.25
+    nms_threshold: float = 0.45
+    weights_dir: str = "weights"
+    cfg: str = ""  # custom model: cfg + weights + names replace `model`
+    weights: str = ""
+    names: str = ""
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 50_000_000
+    cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    release: str = ""  # release id shown by /version; empty = read from the install
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"threshold must be between 0 and 1, got {self.threshold}")
+        if not 0.0 < self.nms_threshold <= 1.0:
+            raise ConfigError(f"nms_threshold must be in (0, 1], got {self.nms_threshold}")
+        if self.size and (self.size % 32 or self.size < 32):
+            raise ConfigError(f"size must be a positive multiple of 32, got {self.size}")
+        if self.max_upload_bytes <= 0 or self.max_pixels <= 0:
+            raise ConfigError("max_upload_bytes and max_pixels must be positive")
+        custom = [bool(self.cfg), bool(self.weights), bool(self.names)]
+        if any(custom) and not all(custom):
+            raise ConfigError("a custom model needs all three of cfg, weights and names")
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _coerce(name: str, value):
+    """Convert a TOML or environment value to the field's type, naming the key on failure."""
+    default = _FIELDS[name].default
+    if default is dataclasses.MISSING:
+        default = _FIELDS[name].default_factory()
+    try:
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            return tuple(str(v) for v in value)
+        if isinstance(default, bool):
+            return str(value).lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name!r} has a bad value {value!r}: {exc}") from exc
+
+
+def from_mapping(values: dict) -> Config:
+    """Build a Config from a mapping, rejecting unknown keys."""
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+    return Config(**{k: _coerce(k, v) for k, v in values.items()})
+
+
+def load(path: str | os.PathLike | None = None, environ: dict | None = None) -> Config:
+    """Read the TOML file (argument or DETECTOR_CONFIG), then apply DETECTOR_<KEY> overrides."""
+    environ = os.environ if environ is None else environ
+    values: dict = {}
+    path = path or environ.get(CONFIG_ENV)
+    if path:
+        try:
+            with Path(path).open("rb") as fh:
+                values.update(tomllib.load(fh))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist; set {CONFIG_ENV}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        unknown = sorted(set(values) - set(_FIELDS))
+        if unknown:
+            raise ConfigError(f"unknown setting(s) in {path}: {', '.join(unknown)}")
+    for name in _FIELDS:
+        env_name = ENV_PREFIX + name.upper()
+        if env_name in environ and env_name != CONFIG_ENV:
+            values[name] = environ[env_name]
+    return from_mapping(values)
