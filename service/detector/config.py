@@ -41,6 +41,10 @@ class Config:
     max_pixels: int = 50_000_000
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     release: str = ""  # release id shown by /version; empty = read from the install
+    bind: str = "127.0.0.1:5000"  # gunicorn: loopback host:port or unix:PATH (nginx in front)
+    workers: int = 0  # gunicorn worker processes; 0 = sized from CPU and memory (gunicorn_conf)
+    worker_threads: int = 0  # request threads per worker; 0 = sized with workers
+    backend_url: str = ""  # where the upload page POSTs; empty = the page's own origin
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -51,6 +55,8 @@ class Config:
             raise ConfigError(f"nms_threshold must be in (0, 1], got {self.nms_threshold}")
         if self.size and (self.size % 32 or self.size < 32):
             raise ConfigError(f"size must be a positive multiple of 32, got {self.size}")
+        if self.workers < 0 or self.worker_threads < 0:
+            raise ConfigError("workers and worker_threads must be 0 (auto) or positive")
         if self.max_upload_bytes <= 0 or self.max_pixels <= 0:
             raise ConfigError("max_upload_bytes and max_pixels must be positive")
         custom = [bool(self.cfg), bool(self.weights), bool(self.names)]
