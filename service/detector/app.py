@@ -1,0 +1,93 @@
+"""The Flask application factory: config, blueprints, errors, CORS, metrics and headers."""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+from flask import Flask
+from flask import g
+from flask import request
+
+from . import __version__
+from . import config as config_module
+from . import cors
+from . import errors
+from . import metrics
+from .runtime import ModelHolder
+
+log = logging.getLogger(__name__)
+
+RELEASES_DIR = "releases"  # /opt/detector/releases/<id>/ (see DESIGN.md)
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def create_app(config: config_module.Config | Mapping | None = None) -> Flask:
+    """Build the app from a Config, a mapping of settings, or DETECTOR_CONFIG + environment.
+
+    The model is loaded once per process on first use; `detector serve` loads it in each
+    gunicorn worker before the worker takes requests (see gunicorn_conf.post_worker_init).
+    """
+    if config is None:
+        config = config_module.load()
+    elif isinstance(config, Mapping):
+        config = config_module.from_mapping(dict(config))
+    app = Flask(__name__)
+    app.config.update(
+        DETECTOR=config,
+        DETECTOR_RELEASE=find_release(config),
+        DETECTOR_HOST=socket.gethostname(),
+        MAX_CONTENT_LENGTH=config.max_upload_bytes,
+    )
+    app.extensions["detector"] = ModelHolder(config)
+    errors.register(app)
+    _register_request_hooks(app)
+    cors.register(app, config.cors_origins)
+
+    from . import api
+    from . import web
+
+    app.register_blueprint(web.bp)
+    app.register_blueprint(api.bp)
+    return app
+
+
+def find_release(config: config_module.Config) -> str:
+    """Return config.release, else the <id> of the releases/<id>/ we run from, else dev-<ver>."""
+    if config.release:
+        return config.release
+    for start in (Path(__file__).resolve(), Path.cwd().resolve()):
+        for path in (start, *start.parents):
+            if path.parent.name == RELEASES_DIR:
+                return path.name
+    return f"dev-{__version__}"
+
+
+def _register_request_hooks(app: Flask) -> None:
+    """Tag each request with an id, time it, and add the release and host headers."""
+    release = app.config["DETECTOR_RELEASE"]
+    host = app.config["DETECTOR_HOST"]
+
+    @app.before_request
+    def _start():
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _finish(response):
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        response.headers["X-Detector-Release"] = release
+        response.headers["X-Detector-Host"] = host
+        started = g.get("started")
+        if started is not None:
+            rule = request.url_rule.rule if request.url_rule else "unmatched"
+            metrics.observe_request(
+                rule, request.method, response.status_code, time.perf_counter() - started
+            )
+        return response

@@ -1,0 +1,112 @@
+"""One detector per process: loaded once (lazily or by the gunicorn worker hook) and warmed up."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+from PIL import Image
+
+from .config import Config
+from .errors import ApiError
+
+log = logging.getLogger(__name__)
+
+# Loaded detectors of this process, keyed by everything that changes the model. Several apps in
+# one process (tests) share them; gunicorn workers each build their own after the fork.
+_CACHE: dict[tuple, object] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def cpu_count() -> int:
+    """Return the CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def torch_threads(config: Config) -> int:
+    """Return the intra-op threads per process: config.threads, else cores / workers."""
+    if config.threads:
+        return config.threads
+    workers = config.workers or 1
+    return max(1, cpu_count() // workers)
+
+
+class ModelHolder:
+    """Loads the configured detector on first use, thread-safely, and records the warm-up."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._detector = None
+        self.warmup_ms: float | None = None
+        self.error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        """True once the model is loaded and one warm-up inference has run."""
+        return self._detector is not None and self.warmup_ms is not None
+
+    def get(self):
+        """Return the loaded detector, loading and warming it up on the first call."""
+        if self._detector is None:
+            with self._lock:
+                if self._detector is None:
+                    try:
+                        self._load()
+                    except Exception as exc:
+                        self.error = f"model {self.config.model!r} could not be loaded: {exc}"
+                        log.exception("model load failed")
+                        raise ApiError(503, self.error) from exc
+                    self.error = None
+        return self._detector
+
+    def _load(self) -> None:
+        from .manifest import resolve_model
+        from .model import load_detector
+
+        cfg = self.config
+        spec = resolve_model(cfg)
+        threads = torch_threads(cfg)
+        key = (
+            str(spec.cfg),
+            str(spec.weights),
+            str(spec.names),
+            spec.name,
+            cfg.engine,
+            cfg.size,
+            threads,
+            cfg.threshold,
+            cfg.nms_threshold,
+        )
+        with _CACHE_LOCK:
+            detector = _CACHE.get(key)
+            if detector is None:
+                started = time.perf_counter()
+                detector = load_detector(
+                    spec.cfg,
+                    spec.weights,
+                    spec.names,
+                    engine=cfg.engine,
+                    size=cfg.size,
+                    threads=threads,
+                    threshold=cfg.threshold,
+                    nms_threshold=cfg.nms_threshold,
+                    name=spec.name,
+                )
+                log.info(
+                    "loaded %s (%s engine, %d threads) in %.0f ms",
+                    spec.name,
+                    detector.engine,
+                    threads,
+                    (time.perf_counter() - started) * 1000,
+                )
+                _CACHE[key] = detector
+        started = time.perf_counter()
+        detector.detect(Image.new("RGB", (640, 480), (127, 127, 127)))
+        self.warmup_ms = round((time.perf_counter() - started) * 1000, 1)
+        self._detector = detector
