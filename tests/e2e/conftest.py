@@ -1,0 +1,87 @@
+"""Session fixtures for end-to-end tests: one test bed per pytest session, shared by every e2e test.
+
+Fixtures:
+- ``testbed``: a running :class:`tests.testbed.Testbed` (1 host; ``DETECTOR_TESTBED_HOSTS=N`` for
+  more): ``.hosts``, ``.inventory_path``, ``.acme.directory_url``, ``.acme.ca_bundle``,
+  ``.dns.server``/``.dns.port``/``.dns.tsig``, ``.ssh(host, cmd)``, ``.variables()``.
+- ``testbed_hosts``: factory ``testbed_hosts(n, fresh=False)``: the first n hosts (booting more if
+  the bed has fewer), or n newly booted bare hosts with ``fresh=True``.
+Every test in tests/e2e is marked ``e2e``. Without root or the tools, the fixtures skip, naming
+what is missing (``make setup`` installs the Makefile's APT_PACKAGES).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.testbed import Testbed
+from tests.testbed import leftovers
+
+TOOLS = (
+    "systemd-nspawn",
+    "debootstrap",
+    "pebble",
+    "named",
+    "tinyproxy",
+    "tsig-keygen",
+    "nsupdate",
+    "dig",
+    "openssl",
+    "ip",
+    "ssh",
+    "ssh-keygen",
+    "zstd",
+)
+
+
+def missing_prerequisite() -> str | None:
+    """Return why the test bed cannot run here, or None if it can."""
+    if os.geteuid() != 0:
+        return "the test bed needs root (systemd-nspawn, bridges); run as root"
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        return f"the test bed needs {', '.join(missing)}: run `make setup` as root (APT_PACKAGES)"
+    return None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test under tests/e2e as e2e."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def testbed() -> Iterator[Testbed]:
+    """A test bed for the whole session, torn down (and checked clean) at its end."""
+    reason = missing_prerequisite()
+    if reason:
+        pytest.skip(reason)
+    bed = Testbed.allocate(owner_pid=os.getpid(), log=lambda msg: print(msg, flush=True))
+    bed.up(hosts=int(os.environ.get("DETECTOR_TESTBED_HOSTS", "1")))
+    try:
+        yield bed
+    finally:
+        bed.down()
+    left = leftovers(bed.id)
+    assert not any(left.values()), f"test bed {bed.id} left things behind: {left}"
+
+
+@pytest.fixture(scope="session")
+def testbed_hosts(testbed: Testbed):
+    """Factory: ``testbed_hosts(n, fresh=False)`` returns n hosts of the session's bed."""
+
+    def get(count: int = 1, fresh: bool = False):
+        if fresh:
+            return testbed.add_hosts(count)
+        if count > len(testbed.hosts):
+            testbed.add_hosts(count - len(testbed.hosts))
+        return testbed.hosts[:count]
+
+    return get

@@ -1,0 +1,216 @@
+"""Prepare a host's rootfs copy, boot it with systemd-nspawn on the bridge, reach it by ssh."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import network
+from .processes import ProcessTable
+from .rootfs import ADMIN_USER
+from .rootfs import extract
+
+READY_STATES = ("running", "degraded")
+
+
+@dataclass(frozen=True)
+class Host:
+    """One booted host: inventory name (= hostname), nspawn machine name, address, ssh login."""
+
+    name: str
+    machine: str
+    address: str
+    user: str
+    key_path: str
+    root: str
+    index: int
+
+    def to_dict(self) -> dict:
+        """Return the host as plain data (as stored in bed.json)."""
+        return asdict(self)
+
+
+def ssh_options(key_path: str, connect_timeout: int = 5) -> list[str]:
+    """Return the ssh options used for every test-bed host (fresh host keys, batch mode)."""
+    return [
+        "-i",
+        key_path,
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        f"ConnectTimeout={connect_timeout}",
+    ]
+
+
+def ssh_argv(host: Host, command: str | None = None, tty: bool = False) -> list[str]:
+    """Return the ssh command line for host (after checking its address is the bed's)."""
+    network.guard(host.address)
+    argv = [
+        "ssh",
+        *ssh_options(host.key_path),
+        *(["-t"] if tty else []),
+        f"{host.user}@{host.address}",
+    ]
+    return argv + ([command] if command else [])
+
+
+def ssh(
+    host: Host, command: str, check: bool = True, timeout: float = 300, input: str | None = None
+) -> subprocess.CompletedProcess:
+    """Run command on host as the sudo user; return the completed process (text output)."""
+    return subprocess.run(
+        ssh_argv(host, command),
+        check=check,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+    )
+
+
+def prepare(
+    bed_dir: Path,
+    bed_id: int,
+    index: int,
+    tarball: Path,
+    key_path: Path,
+    dns_server: str,
+    domain: str,
+) -> Host:
+    """Extract a fresh rootfs for host number index and give it its identity and address."""
+    name = f"host{index}"
+    machine = f"{network.bridge_name(bed_id)}-{name}"
+    root = bed_dir / "hosts" / name / "rootfs"
+    extract(tarball, root)
+    address = network.host_address(bed_id, index)
+    prefix = network.subnet(bed_id).prefixlen
+    etc = root / "etc"
+    (etc / "hostname").write_text(f"{name}\n")
+    (etc / "hosts").write_text(
+        f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}.{domain} {name}\n"
+        "::1\tlocalhost ip6-localhost ip6-loopback\n"
+    )
+    resolv = etc / "resolv.conf"
+    if resolv.is_symlink() or resolv.exists():
+        resolv.unlink()
+    resolv.write_text(f"nameserver {dns_server}\nsearch {domain}\n")
+    (etc / "machine-id").write_text(uuid.uuid4().hex + "\n")
+    netdir = etc / "systemd/network"
+    netdir.mkdir(parents=True, exist_ok=True)
+    # Must sort before 80-container-host0.network, or host0 only gets a link-local address.
+    (netdir / "10-host0.network").write_text(
+        "[Match]\nName=host0\n\n[Network]\n"
+        f"Address={address}/{prefix}\nGateway={network.gateway(bed_id)}\nDNS={dns_server}\n"
+        f"Domains={domain}\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n"
+    )
+    subprocess.run(["ssh-keygen", "-A", "-f", str(root)], check=True, capture_output=True)
+    uid, gid = _ids(root, ADMIN_USER)
+    sshdir = root / "home" / ADMIN_USER / ".ssh"
+    sshdir.mkdir(mode=0o700, exist_ok=True)
+    keys = sshdir / "authorized_keys"
+    keys.write_text(Path(f"{key_path}.pub").read_text())
+    keys.chmod(0o600)
+    for path in (sshdir, keys):
+        os.chown(path, uid, gid)
+    return Host(name, machine, address, ADMIN_USER, str(key_path), str(root), index)
+
+
+def _ids(root: Path, user: str) -> tuple[int, int]:
+    for line in (root / "etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == user:
+            return int(fields[2]), int(fields[3])
+    raise RuntimeError(f"user {user} missing from {root}/etc/passwd; rebuild the rootfs cache")
+
+
+def nspawn_argv(host: Host, bridge: str) -> list[str]:
+    """Return the systemd-nspawn command that boots host on bridge (no machined, no host files)."""
+    return [
+        "systemd-nspawn",
+        "--register=no",
+        "--keep-unit",
+        "--boot",
+        f"--directory={host.root}",
+        f"--machine={host.machine}",
+        f"--network-bridge={bridge}",
+        "--resolv-conf=off",
+        "--timezone=off",
+        "--link-journal=no",
+        "--console=read-only",
+    ]
+
+
+def boot(table: ProcessTable, host: Host, bridge: str) -> int:
+    """Start the host's supervisor (which runs nspawn and reboots it); return the supervisor PID."""
+    record = table.dir / f"nspawn-{host.name}.json"
+    argv = [
+        sys.executable,
+        str(Path(__file__).with_name("supervise.py")),
+        "--record",
+        str(record),
+        "--name",
+        f"nspawn-{host.name}",
+        "--",
+        *nspawn_argv(host, bridge),
+    ]
+    return table.start(f"host-{host.name}", argv)
+
+
+def wait_ready(host: Host, timeout: float = 120.0) -> str:
+    """Wait until ssh answers and systemd finished booting; return running or degraded."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        left = max(5, int(deadline - time.monotonic()))
+        try:
+            result = ssh(
+                host, f"timeout {left} systemctl is-system-running --wait", False, left + 5
+            )
+        except subprocess.TimeoutExpired:
+            last = "timeout"
+            continue
+        state = result.stdout.strip()
+        if state in READY_STATES:
+            return state
+        last = state or result.stderr.strip()
+        time.sleep(0.5)
+    raise TimeoutError(
+        f"{host.name} ({host.address}) not ready after {timeout:.0f}s (last: {last!r}); "
+        f"see the state dir's logs/host-{host.name}.log"
+    )
+
+
+def processes_in(root: str) -> list[int]:
+    """Return PIDs whose root directory is inside root (a host's processes, found by its rootfs)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if os.readlink(entry / "root").startswith(root):
+                pids.append(int(entry.name))
+    return pids
+
+
+def kill_leftovers(root: str) -> None:
+    """SIGKILL processes still running inside a host's rootfs (after its nspawn was killed)."""
+    for pid in processes_in(root):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,184 @@
+"""Debootstrap a minimal Debian rootfs once, cache it as a verified tarball, extract copies."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Callable
+
+from .paths import CACHE_DIR
+
+# What a bare cloud image of Debian has for our purposes; everything else is Ansible's job.
+DEFAULT_PACKAGES = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "openssh-server",
+    "python3",
+    "sudo",
+    "iproute2",
+)
+# Bump when customise() changes, so cached tarballs built by an older recipe are not reused.
+RECIPE_VERSION = "1"
+FALLBACK_MIRROR = "http://deb.debian.org/debian"
+ADMIN_USER = "admin"
+
+
+def debian_mirror() -> str:
+    """Return the Debian mirror this machine's apt uses (the first non-security URI)."""
+    candidates: list[str] = []
+    sources = [Path("/etc/apt/sources.list")]
+    sources += sorted(Path("/etc/apt/sources.list.d").glob("*.list"))
+    sources += sorted(Path("/etc/apt/sources.list.d").glob("*.sources"))
+    for path in sources:
+        if not path.is_file():
+            continue
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if line.startswith("deb "):
+                parts = [p for p in line.split() if not p.startswith("[")]
+                if len(parts) > 1:
+                    candidates.append(parts[1])
+            elif line.startswith("URIs:"):
+                candidates.extend(line.split()[1:])
+    for uri in candidates:
+        if re.match(r"^https?://", uri) and uri.rstrip("/").endswith("/debian"):
+            return uri.rstrip("/")
+    return FALLBACK_MIRROR
+
+
+def rootfs_key(suite: str, packages: tuple[str, ...], mirror: str) -> str:
+    """Return the cache key of a rootfs: suite, package list, mirror and recipe version."""
+    text = "\n".join([RECIPE_VERSION, suite, mirror, *sorted(packages)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def sha256_file(path: Path) -> str:
+    """Return the hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on path (created if missing) for the duration of the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def verified(tarball: Path) -> bool:
+    """Return True if tarball and its .sha256 sidecar exist and agree."""
+    sidecar = tarball.with_name(tarball.name + ".sha256")
+    if not (tarball.is_file() and sidecar.is_file()):
+        return False
+    expected = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ""
+    return expected == sha256_file(tarball)
+
+
+def ensure_rootfs(
+    suite: str = "bookworm",
+    packages: tuple[str, ...] = DEFAULT_PACKAGES,
+    cache_dir: Path = CACHE_DIR,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Return a verified cached rootfs tarball for suite + packages, building it if needed.
+
+    :param suite: Debian suite to debootstrap (bookworm, bullseye).
+    :param packages: packages added to the minbase variant.
+    :param cache_dir: where tarballs live (outside the repository).
+    :return: path of the ``.tar.zst`` tarball; its sha256 sits next to it in ``.sha256``.
+    """
+    mirror = debian_mirror()
+    key = rootfs_key(suite, packages, mirror)
+    tarball = cache_dir / f"rootfs-{suite}-{key}.tar.zst"
+    with file_lock(cache_dir / f"rootfs-{suite}-{key}.lock"):
+        if verified(tarball):
+            return tarball
+        if tarball.exists():
+            log(f"rootfs: cached {tarball} fails its sha256 check; rebuilding it")
+            tarball.unlink()
+        log(f"rootfs: debootstrap {suite} from {mirror} (cold, about 1-2 minutes)")
+        with tempfile.TemporaryDirectory(dir=cache_dir, prefix="build-") as tmp:
+            root = Path(tmp) / "root"
+            subprocess.run(
+                [
+                    "debootstrap",
+                    "--variant=minbase",
+                    "--include=" + ",".join(packages),
+                    suite,
+                    str(root),
+                    mirror,
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            customise(root)
+            part = tarball.with_name(tarball.name + ".part")
+            subprocess.run(
+                ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-I", "zstd -T0 -3"]
+                + ["-C", str(root), "-cf", str(part), "."],
+                check=True,
+            )
+            part.rename(tarball)
+        tarball.with_name(tarball.name + ".sha256").write_text(
+            f"{sha256_file(tarball)}  {tarball.name}\n"
+        )
+        return tarball
+
+
+def customise(root: Path) -> None:
+    """Make a debootstrapped tree look like a bare cloud image: networkd, sudo user, no keys."""
+    subprocess.run(
+        ["systemctl", f"--root={root}", "enable", "systemd-networkd"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        ["chroot", str(root), "useradd", "-m", "-s", "/bin/bash", "-G", "sudo", ADMIN_USER],
+        check=True,
+    )
+    # '*' = no password but not locked, so sshd accepts key logins.
+    subprocess.run(["chroot", str(root), "usermod", "-p", "*", ADMIN_USER], check=True)
+    sudoers = root / "etc/sudoers.d/90-cloud-admin"
+    sudoers.write_text(f"{ADMIN_USER} ALL=(ALL) NOPASSWD:ALL\n")
+    sudoers.chmod(0o440)
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    (root / "etc/machine-id").write_text("")
+    with contextlib.suppress(FileNotFoundError):
+        (root / "var/lib/dbus/machine-id").unlink()
+    with contextlib.suppress(FileNotFoundError):
+        (root / "etc/hostname").unlink()
+    for deb in (root / "var/cache/apt/archives").glob("*.deb"):
+        deb.unlink()
+
+
+def extract(tarball: Path, dest: Path) -> None:
+    """Extract a cached rootfs tarball into an empty directory dest."""
+    dest.mkdir(parents=True, exist_ok=False)
+    subprocess.run(
+        ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-I", "zstd -T0"]
+        + ["-xpf", str(tarball), "-C", str(dest)],
+        check=True,
+    )
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a host's rootfs copy, including read-only bits, never following mounts."""
+    if path.exists():
+        shutil.rmtree(path)
