@@ -56,7 +56,7 @@ def test_packaged_manifest_lists_both_models():
         (lambda t: t.replace("https://", "ftp://"), "must start with one of"),
         (
             lambda t: t.replace('urls = ["https://example.invalid/tiny.weights"]', "urls = []"),
-            "urls",
+            "urls must be a non-empty list",
         ),
         (lambda t: t + 'mirror = "x"\n', "unknown keys ['mirror']"),
         (lambda t: t.replace('names = "coco.names"\n', ""), "lacks keys ['names']"),
