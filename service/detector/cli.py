@@ -1,0 +1,214 @@
+"""The `detector` command: detect objects in images, fetch weights, serve the web app."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from detector import config as config_module
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def _parser() -> argparse.ArgumentParser:
+    """Build the argument parser of every subcommand except `serve` (forwarded as is)."""
+    parser = argparse.ArgumentParser(
+        prog="detector",
+        description="YOLOv3 object detection. `detector serve --help` shows the server's options.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    detect = sub.add_parser("detect", help="detect objects in images")
+    detect.add_argument("images", nargs="+", metavar="IMAGE")
+    detect.add_argument(
+        "--model", help="model name from the weights manifest (yolov3-tiny, yolov3)"
+    )
+    detect.add_argument("--size", type=int, help="network input size, e.g. 416 or 608")
+    detect.add_argument("--engine", choices=config_module.ENGINES, help="inference engine")
+    detect.add_argument("--threads", type=int, help="inference threads (0 = automatic)")
+    detect.add_argument("--threshold", type=float, help="score threshold (default 0.25)")
+    detect.add_argument("--nms-threshold", type=float, help="NMS IoU threshold (default 0.45)")
+    detect.add_argument("--json", action="store_true", help="one JSON document per image")
+    detect.add_argument("--out", help="write annotated images: a file (one image) or a folder")
+    detect.add_argument("--weights-dir", help="folder of the manifest's weights files")
+    detect.add_argument("--cfg", help="custom model: darknet .cfg file")
+    detect.add_argument("--weights", help="custom model: darknet .weights file")
+    detect.add_argument("--names", help="custom model: class names, one per line")
+    detect.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+
+    fetch = sub.add_parser("fetch-weights", help="download and verify a model's weights")
+    fetch.add_argument("name", help="model name from the weights manifest")
+    fetch.add_argument("--dest", default="weights", help="target folder (default: weights)")
+    fetch.add_argument(
+        "--from", dest="source", metavar="URL_OR_FILE", help="fetch from this URL or local file"
+    )
+    fetch.add_argument("--manifest", help="weights manifest file (default: the packaged one)")
+    fetch.add_argument("--quiet", action="store_true", help="no progress bar")
+    fetch.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+
+    sub.add_parser("serve", help="run the web service (options: detector serve --help)")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> config_module.Config:
+    """Return the configuration (DETECTOR_CONFIG and DETECTOR_* apply) with flags on top."""
+    base = config_module.load()
+    overrides = {
+        "model": args.model,
+        "size": args.size,
+        "engine": args.engine,
+        "threads": args.threads,
+        "threshold": args.threshold,
+        "nms_threshold": args.nms_threshold,
+        "weights_dir": args.weights_dir,
+        "cfg": args.cfg,
+        "weights": args.weights,
+        "names": args.names,
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if args.model and not (args.cfg or args.weights or args.names):
+        overrides.update(cfg="", weights="", names="")  # a named model replaces a custom one
+    values = {**dataclasses.asdict(base), **overrides}
+    return config_module.from_mapping(values)
+
+
+def _out_path(out: str | None, image: Path, many: bool) -> Path | None:
+    """Return where the annotated copy of `image` goes: the file itself or FOLDER/NAME.jpg."""
+    if not out:
+        return None
+    target = Path(out)
+    if not many and target.suffix.lower() in IMAGE_SUFFIXES and not target.is_dir():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    return target / f"{image.stem}.detections.jpg"
+
+
+def _table(result: dict) -> str:
+    """Format one image's result as a plain-text table."""
+    timing = result["timing_ms"]
+    lines = [
+        f"{result['image']}: {len(result['detections'])} object(s), "
+        f"{result['width']}x{result['height']}, {result['model']} "
+        f"({timing.get('total', 0):.0f} ms)"
+    ]
+    if result["detections"]:
+        lines.append(f"  {'label':<16} {'score':>6}  {'x1':>7} {'y1':>7} {'x2':>7} {'y2':>7}")
+    for det in result["detections"]:
+        x1, y1, x2, y2 = det["box"]
+        box = f"{x1:>7.1f} {y1:>7.1f} {x2:>7.1f} {y2:>7.1f}"
+        lines.append(f"  {det['label']:<16} {det['score']:>6.3f}  {box}")
+    return "\n".join(lines)
+
+
+def _detect(args: argparse.Namespace) -> int:
+    """Run the detector over each image and print a table or JSON lines."""
+    from detector import imaging
+    from detector.manifest import resolve_model
+    from detector.model import load_detector
+
+    settings = _settings(args)
+    spec = resolve_model(settings)
+    det = load_detector(
+        spec.cfg,
+        spec.weights,
+        spec.names,
+        engine=settings.engine,
+        size=settings.size,
+        threads=settings.threads,
+        threshold=settings.threshold,
+        nms_threshold=settings.nms_threshold,
+        name=spec.name,
+    )
+    many = len(args.images) > 1
+    for name in args.images:
+        path = Path(name)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise FileNotFoundError(f"cannot read image {path}: {exc.strerror}") from exc
+        out = _out_path(args.out, path, many)
+        start = time.perf_counter()
+        try:
+            decoded = imaging.decode_image(
+                data, max_pixels=settings.max_pixels, target=None if out else det.input_size
+            )
+        except imaging.ImageError as exc:
+            raise imaging.ImageError(f"{path}: {exc}") from exc
+        decode_ms = (time.perf_counter() - start) * 1000
+        detections = det.detect(decoded.image, original_size=decoded.size)
+        total_ms = (time.perf_counter() - start) * 1000
+        timing = {"decode": round(decode_ms, 1)}
+        for key, value in (det.last_timing or {}).items():
+            timing[key] = round(float(value), 1)
+        timing["total"] = round(total_ms, 1)
+        width, height = decoded.size
+        result = {
+            "image": str(path),
+            "model": det.name,
+            "engine": det.engine,
+            "width": width,
+            "height": height,
+            "detections": [d.to_dict() for d in detections],
+            "timing_ms": timing,
+        }
+        print(json.dumps(result) if args.json else _table(result), flush=True)
+        if out:
+            drawn = imaging.draw_detections(decoded.image, detections)
+            out.write_bytes(imaging.encode_jpeg(drawn))
+            if not args.json:
+                print(f"  annotated image: {out}")
+    return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    """Fetch one model's weights into --dest and say whether anything changed."""
+    from detector.fetch import fetch_weights
+    from detector.manifest import load_manifest
+
+    manifest = load_manifest(args.manifest) if args.manifest else None
+    path, fetched = fetch_weights(
+        args.name, args.dest, args.source, manifest=manifest, progress=not args.quiet
+    )
+    state = "fetched and verified" if fetched else "already present, verified"
+    print(f"{path}: {state}")
+    return 0
+
+
+def _serve(argv: list[str]) -> int:
+    """Hand the remaining arguments to the web server's own main()."""
+    from detector import server
+
+    return server.main(argv) or 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `detector` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        if argv and argv[0] == "serve":
+            return _serve(argv[1:])
+        if argv[:2] == ["--debug", "serve"]:
+            return _serve(argv[2:])
+        args = _parser().parse_args(argv)
+        handler = {"detect": _detect, "fetch-weights": _fetch}[args.command]
+        return handler(args)
+    except KeyboardInterrupt:
+        print("detector: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # every failure becomes one line; --debug shows where
+        if debug:
+            traceback.print_exc()
+        message = str(exc) or exc.__class__.__name__
+        print(f"detector: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
