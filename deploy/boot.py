@@ -1,0 +1,87 @@
+"""Blue/green boot of a release: idle color up and smoke-checked, switch, gate, or switch back."""
+
+from __future__ import annotations
+
+import time
+
+from fabric import Connection
+
+from deploy import commands
+from deploy import health
+from deploy import release
+from deploy import switch
+from deploy.inventory import Host
+from deploy.remote import DeployError
+from deploy.remote import say
+from deploy.remote import step
+
+
+def boot(c: Connection, host: Host, rid: str) -> str:
+    """Serve release rid with no failed request; on any failure the previous release stays served.
+
+    Returns the gate's summary. Raises DeployError naming the reason and what is served now.
+    """
+    rel = host.release_dir(rid)
+    live = switch.live_color(c, host)
+    idle = commands.other_color(live) if live else commands.COLORS[0]
+    previous = switch.target_of(c, host.current_link)
+    image = release.upload_smoke_image(c, host)
+    idle_unit = commands.unit(host.service, idle)
+    try:
+        with step(host, f"start {rid} on {idle_unit}"):
+            switch.point(c, rel, host.color_link(idle))
+            switch.start_color(c, host, idle)
+        with step(host, f"smoke check {idle_unit} on its socket"):
+            say(host, "smoke: " + health.smoke_color(c, host, idle, image))
+    except BaseException:
+        switch.stop_color(c, host, idle)
+        raise
+    try:
+        with step(host, f"switch current and nginx to {idle}"):
+            switch.point(c, rel, host.current_link)
+            switch.upstream(c, host, idle)
+        with step(host, f"health gate https://{host.domain} ports {host.https_ports}"):
+            say(host, "gate: " + health.gate(host, rid))
+    except BaseException as exc:
+        _switch_back(c, host, live, previous, idle)
+        back = switch.release_of(previous) or "nothing (first deploy)"
+        raise DeployError(f"{rid} failed on {host.name}: {exc}; rolled back to {back}") from None
+    with step(host, f"enable {idle_unit}, drain and stop {live or 'no previous color'}"):
+        switch.enable_color(c, host, idle)
+        if live:
+            left = switch.drain(c, host)
+            if left:
+                say(host, f"warning: {left} nginx worker(s) still draining; stopping anyway")
+            switch.stop_color(c, host, live)
+    return rid
+
+
+def _switch_back(c: Connection, host: Host, live: str, previous: str, idle: str) -> None:
+    """Undo a switch: nginx back to the old color, current back, the new color stopped."""
+    with step(host, f"switch back to {live or 'no release'}"):
+        if live:
+            switch.upstream(c, host, live)
+        if previous:
+            switch.point(c, previous, host.current_link)
+        switch.drain(c, host)
+        switch.stop_color(c, host, idle)
+
+
+def deploy(c: Connection, host: Host, art: release.Artifact, rid: str) -> None:
+    """Install, boot, prune: one host's part of `fab deploy` (the caller holds the lock)."""
+    started = time.monotonic()
+    with step(host, f"install {rid} ({art.wheel.name})"):
+        release.install(c, host, art, rid)
+    boot(c, host, rid)
+    with step(host, f"prune releases beyond {host.releases_keep}"):
+        gone = release.prune(c, host)
+        say(host, f"removed {', '.join(gone) if gone else 'none'}")
+    say(host, f"deployed {rid} in {time.monotonic() - started:.1f}s")
+
+
+def restart(c: Connection, host: Host) -> None:
+    """Boot the current release on the other color: a restart without a failed request."""
+    rid = switch.release_of(switch.target_of(c, host.current_link))
+    if not rid:
+        raise DeployError(f"no current release on {host.name}; run `fab deploy` first")
+    boot(c, host, rid)

@@ -1,0 +1,86 @@
+"""Certificates as served on the public ports, and `renew-cert` through the timer's own service."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from datetime import timezone
+
+from cryptography import x509
+from fabric import Connection
+
+from deploy import commands
+from deploy.inventory import Host
+from deploy.remote import DeployError
+from deploy.remote import run
+from deploy.remote import say
+from deploy.remote import step
+
+WARN_DAYS = 20
+
+
+@dataclass(frozen=True)
+class Served:
+    """The leaf certificate one port presents."""
+
+    port: int
+    serial: str
+    not_after: datetime
+
+    def days_left(self, now: datetime | None = None) -> float:
+        now = now or datetime.now(timezone.utc)
+        return (self.not_after - now).total_seconds() / 86400
+
+
+def served(host: Host, port: int, timeout: float = 15) -> Served:
+    """Read the leaf the port serves for the domain (SNI) from the control machine."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # only read it here; the gate verifies the chain
+    with socket.create_connection((host.address, port), timeout=timeout) as raw:
+        with ctx.wrap_socket(raw, server_hostname=host.domain) as tls:
+            der = tls.getpeercert(binary_form=True)
+    cert = x509.load_der_x509_certificate(der)
+    return Served(port, format(cert.serial_number, "x"), cert.not_valid_after_utc)
+
+
+def served_all(host: Host) -> dict[int, Served]:
+    """The served leaf on every public port."""
+    return {port: served(host, port) for port in host.https_ports}
+
+
+def describe(s: Served) -> str:
+    """One line per port, with a warning under WARN_DAYS days left."""
+    days = s.days_left()
+    warn = f"  WARNING: under {WARN_DAYS} days" if days < WARN_DAYS else ""
+    expires = f"{s.not_after:%Y-%m-%d} ({days:.0f} days)"
+    return f":{s.port} serial {s.serial[:16]} expires {expires}{warn}"
+
+
+def renew(c: Connection, host: Host, force: bool, dry_run: bool, wait_s: float = 60) -> dict:
+    """Run the timer's renewal, then prove what 443 and 5000 serve (new serial when forced)."""
+    before = served_all(host)
+    for s in before.values():
+        say(host, "before " + describe(s))
+    argv = commands.renew_cert(host.renew_service, host.renew_command, force, dry_run)
+    with step(host, "renew: " + " ".join(argv[2:])):
+        run(c, argv, timeout=600)
+    after = served_all(host)
+    if force and not dry_run:
+        deadline = time.monotonic() + wait_s
+        while any(after[p].serial == before[p].serial for p in after):
+            if time.monotonic() > deadline:
+                same = [p for p in after if after[p].serial == before[p].serial]
+                old = before[same[0]].serial[:16]
+                raise DeployError(
+                    f"forced renewal on {host.name} ran but port(s) {same} still serve serial "
+                    f"{old}; check that the certbot deploy hook reloads nginx"
+                )
+            time.sleep(1)
+            after = served_all(host)
+    for s in after.values():
+        say(host, "after  " + describe(s))
+    return {"before": before, "after": after}

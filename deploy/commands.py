@@ -1,0 +1,243 @@
+"""Pure builders of the remote commands a deploy runs: argv lists and shell strings, no I/O."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from datetime import datetime
+from datetime import timezone
+
+COLORS = ("blue", "green")
+SYSTEMCTL = "/usr/bin/systemctl"
+JOURNALCTL = "/usr/bin/journalctl"
+NGINX = "/usr/sbin/nginx"
+INSTALL = "/usr/bin/install"
+CURL = "/usr/bin/curl"
+RELEASE_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{7,40}(?:-dirty)?$")
+BASE_PTH = "_detector_base_env.pth"
+STATUS_PROPERTIES = (
+    "ActiveState",
+    "SubState",
+    "MainPID",
+    "ActiveEnterTimestamp",
+    "MemoryCurrent",
+    "TasksCurrent",
+    "NRestarts",
+)
+
+
+def shell(argv: list[str] | tuple[str, ...]) -> str:
+    """Quote an argv for the remote shell."""
+    return shlex.join(str(a) for a in argv)
+
+
+def bounded(argv: list[str], seconds: int) -> str:
+    """Wrap argv with a hard timeout and no pager, as every remote command must run."""
+    return "SYSTEMD_PAGER= PAGER=cat " + shell(["timeout", "-k", "5", str(int(seconds)), *argv])
+
+
+def sudo(argv: list[str]) -> list[str]:
+    """Run argv as root without ever prompting (sudoers must allow this exact argv)."""
+    return ["sudo", "-n", *argv]
+
+
+def release_id(sha: str, when: datetime | None = None, dirty: bool = False) -> str:
+    """Name a release `<UTC-timestamp>-<short sha>`: sortable, unique per second and commit."""
+    when = (when or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    rid = f"{when:%Y%m%dT%H%M%SZ}-{sha[:8]}"
+    return rid + "-dirty" if dirty else rid
+
+
+def is_release_id(name: str) -> bool:
+    """Tell a release directory name from anything else in releases/."""
+    return bool(RELEASE_RE.match(name))
+
+
+def unit(service: str, color: str) -> str:
+    """The systemd instance that runs one color."""
+    if color not in COLORS:
+        raise ValueError(f"color must be one of {COLORS}, got {color!r}")
+    return f"{service}@{color}.service"
+
+
+def other_color(color: str) -> str:
+    """The idle color next to the live one."""
+    return COLORS[1 - COLORS.index(color)]
+
+
+def systemctl(verb: str, unit_name: str) -> list[str]:
+    """A systemctl call in the exact form the sudoers rules allow."""
+    return [SYSTEMCTL, "--no-pager", verb, unit_name]
+
+
+def systemctl_show(unit_name: str, properties: tuple[str, ...] = STATUS_PROPERTIES) -> list[str]:
+    """Unit state as KEY=VALUE lines (no root needed)."""
+    return [SYSTEMCTL, "--no-pager", "show", unit_name, "-p", ",".join(properties)]
+
+
+def journal(units: list[str], lines: int = 100, follow: bool = False) -> list[str]:
+    """Recent log lines of the given units."""
+    argv = [JOURNALCTL, "--no-pager", "-o", "short-iso"]
+    for name in units:
+        argv += ["-u", name]
+    argv += ["-n", str(int(lines))]
+    return argv + ["-f"] if follow else argv
+
+
+def switch_symlink(target: str, link: str) -> str:
+    """Point link at target atomically: a fresh temporary link renamed over it (`mv -T`)."""
+    tmp = f"{link}.tmp"
+    return f"{shell(['ln', '-sfn', target, tmp])} && {shell(['mv', '-T', tmp, link])}"
+
+
+def read_symlink(link: str) -> list[str]:
+    """Where a symlink points (empty output and non-zero exit when absent)."""
+    return ["readlink", link]
+
+
+def make_venv(base_python: str, release_dir: str) -> list[str]:
+    """An empty venv for one release, created by the provisioned env's interpreter."""
+    return [base_python, "-m", "venv", "--without-pip", release_dir]
+
+
+def link_base_env(release_python: str, base_python: str) -> str:
+    """Make the release venv see the base env's packages after its own (a .pth with addsitedir).
+
+    `--system-site-packages` would point at the interpreter's installation, which for a venv base
+    is /usr, not the base venv; addsitedir also runs the base env's own .pth files.
+    """
+    purelib = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    base_site = "$(" + shell([base_python, "-c", purelib]) + ")"
+    script = (
+        "import pathlib, sys, sysconfig; "
+        "site = pathlib.Path(sysconfig.get_path('purelib')); "
+        f"(site / {BASE_PTH!r}).write_text("
+        "'import site; site.addsitedir(%r)\\n' % sys.argv[1])"
+    )
+    return f"{shell([release_python, '-c', script])} {base_site}"
+
+
+def pip_install_wheel(release_python: str, wheel: str) -> list[str]:
+    """Install only the project wheel into the release venv; dependencies come from the base env."""
+    return [
+        release_python,
+        "-m",
+        "pip",
+        "install",
+        "--no-deps",
+        "--ignore-installed",
+        "--no-index",
+        "--no-input",
+        "--disable-pip-version-check",
+        "--no-cache-dir",
+        "--quiet",
+        wheel,
+    ]
+
+
+def import_check(release_python: str) -> list[str]:
+    """Import the app from the release (not from the base env) and print where it came from."""
+    script = (
+        "import sys, detector, detector.app; "
+        "assert detector.__file__.startswith(sys.prefix), "
+        "f'detector imported from {detector.__file__}, not from {sys.prefix}'; "
+        "print(detector.__file__)"
+    )
+    return [release_python, "-c", script]
+
+
+def write_file(path: str, content: str) -> str:
+    """Write a small text file (no secrets) with printf."""
+    return f"printf %s {shlex.quote(content)} > {shlex.quote(path)}"
+
+
+def release_env(rid: str) -> str:
+    """The EnvironmentFile content that tells the service its release id."""
+    return f"DETECTOR_RELEASE={rid}\n"
+
+
+def curl_unix(socket: str, path: str, seconds: int, upload: str | None = None) -> list[str]:
+    """An HTTP request to one color's gunicorn socket; prints the body, a newline and the status."""
+    argv = [CURL, "--silent", "--show-error", "--max-time", str(int(seconds))]
+    argv += ["--unix-socket", socket, "--write-out", "\\n%{http_code}"]
+    if upload:
+        argv += ["--form", f"file=@{upload};type=image/jpeg"]
+    return argv + [f"http://localhost{path}"]
+
+
+def upstream_conf(name: str, socket: str) -> str:
+    """The nginx include that names the live color's socket."""
+    return f"upstream {name} {{\n    server unix:{socket};\n}}\n"
+
+
+def install_root_file(src: str, dest: str, mode: str = "0644") -> list[str]:
+    """Put an uploaded file in place as root (sudoers allows exactly this argv)."""
+    return [INSTALL, "-m", mode, "-o", "root", "-g", "root", src, dest]
+
+
+def nginx_test() -> list[str]:
+    """Validate nginx's configuration."""
+    return [NGINX, "-t", "-q"]
+
+
+def lock_acquire(lock_dir: str, details: str) -> str:
+    """Take the deploy lock: mkdir is the atomic test-and-set, then record who holds it."""
+    return f"mkdir {shlex.quote(lock_dir)} && {write_file(lock_dir + '/details', details)}"
+
+
+def lock_release(lock_dir: str) -> str:
+    """Drop the deploy lock."""
+    return f"rm -f {shlex.quote(lock_dir + '/details')} && rmdir {shlex.quote(lock_dir)}"
+
+
+def lock_details(holder: str, when: datetime, release: str, message: str) -> str:
+    """The lock's details file: one KEY=VALUE per line."""
+    stamp = when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+    return f"holder={holder}\nsince={stamp}\nrelease={release}\nmessage={message}\n"
+
+
+def list_dir(path: str) -> list[str]:
+    """Names in a directory, one per line."""
+    return ["ls", "-1", path]
+
+
+def releases_to_prune(names: list[str], keep: int, protect: set[str]) -> list[str]:
+    """The oldest release names beyond `keep`, never one in `protect` (live or idle color)."""
+    ordered = sorted(n for n in names if is_release_id(n))
+    extra = len(ordered) - max(int(keep), 1)
+    doomed = []
+    for name in ordered:
+        if extra <= 0:
+            break
+        if name not in protect:
+            doomed.append(name)
+            extra -= 1
+    return doomed
+
+
+def remove_releases(releases_dir: str, names: list[str]) -> list[str]:
+    """Delete release directories by name."""
+    return ["rm", "-rf", "--", *(f"{releases_dir}/{n}" for n in names)]
+
+
+def worker_stats(main_pid: int) -> list[str]:
+    """Children of the gunicorn master: pid, RSS in KiB, threads."""
+    return ["ps", "--no-headers", "--ppid", str(int(main_pid)), "-o", "pid=,rss=,nlwp="]
+
+
+def process_rss(pid: int) -> list[str]:
+    """RSS in KiB of one process."""
+    return ["ps", "--no-headers", "-p", str(int(pid)), "-o", "rss="]
+
+
+def nginx_draining() -> list[str]:
+    """Count nginx workers still finishing requests after a reload."""
+    return ["sh", "-c", "ps -eo args= | grep -c '^nginx: worker process is shutting down' || true"]
+
+
+def renew_cert(service: str, command: str, force: bool, dry_run: bool) -> list[str]:
+    """The timer's own renewal: its service when plain, its program with flags otherwise."""
+    if not force and not dry_run:
+        return sudo(systemctl("start", service))
+    flags = (["--force"] if force else []) + (["--dry-run"] if dry_run else [])
+    return sudo([command, *flags])

@@ -1,0 +1,194 @@
+"""Hosts and settings read from the Ansible inventory (`ansible-inventory --list`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+INVENTORY_ENV = "DETECTOR_INVENTORY"
+CA_BUNDLE_ENV = "DETECTOR_DEPLOY_CA_BUNDLE"
+DEFAULT_INVENTORY = "production"
+GROUP = "detector"
+REPO = Path(__file__).resolve().parent.parent
+REQUIRED = (
+    "ansible_host",
+    "detector_service",
+    "detector_app_root",
+    "detector_env_link",
+    "detector_deploy_user",
+    "detector_domain",
+    "detector_https_ports",
+    "detector_releases_keep",
+    "detector_socket_dir",
+    "detector_nginx_upstream_conf",
+    "detector_nginx_upstream_name",
+    "detector_certbot_renew_service",
+    "detector_certbot_renew_command",
+)
+
+
+class InventoryError(RuntimeError):
+    """The inventory cannot be read or lacks a setting fab needs."""
+
+
+@dataclass(frozen=True)
+class Host:
+    """One deploy target with every name, path and port fab uses, all from the inventory."""
+
+    name: str
+    address: str
+    user: str
+    ssh_port: int
+    key_file: str
+    service: str
+    app_root: str
+    env_link: str
+    domain: str
+    https_ports: tuple[int, ...]
+    releases_keep: int
+    socket_dir: str
+    upstream_conf: str
+    upstream_name: str
+    renew_service: str
+    renew_command: str
+    ca_bundle: str = ""
+    drain_s: float = 5.0
+    gate_timeout_s: float = 120.0
+
+    @property
+    def releases_dir(self) -> str:
+        return f"{self.app_root}/releases"
+
+    @property
+    def current_link(self) -> str:
+        return f"{self.app_root}/current"
+
+    @property
+    def shared_dir(self) -> str:
+        return f"{self.app_root}/shared"
+
+    @property
+    def lock_dir(self) -> str:
+        return f"{self.shared_dir}/deploy.lock"
+
+    @property
+    def staging_dir(self) -> str:
+        return f"{self.shared_dir}/staging"
+
+    @property
+    def base_python(self) -> str:
+        return f"{self.env_link}/bin/python"
+
+    def color_link(self, color: str) -> str:
+        return f"{self.app_root}/colors/{color}"
+
+    def socket(self, color: str) -> str:
+        return f"{self.socket_dir}/{color}.sock"
+
+    def release_dir(self, rid: str) -> str:
+        return f"{self.releases_dir}/{rid}"
+
+
+def resolve_path(inventory: str | None) -> Path:
+    """The inventory path: the argument, else $DETECTOR_INVENTORY, else `production`.
+
+    A bare name means `ansible/inventories/<name>`; anything with a slash is a path.
+    """
+    value = inventory or os.environ.get(INVENTORY_ENV) or DEFAULT_INVENTORY
+    path = Path(value) if ("/" in value or Path(value).is_absolute()) else None
+    path = path or REPO / "ansible" / "inventories" / value
+    if not path.exists():
+        raise InventoryError(
+            f"inventory {path} does not exist; pass --inventory NAME|PATH or set {INVENTORY_ENV}"
+        )
+    return path
+
+
+def _ansible_inventory() -> str:
+    local = Path(sys.executable).parent / "ansible-inventory"
+    found = str(local) if local.exists() else shutil.which("ansible-inventory")
+    if not found:
+        raise InventoryError("ansible-inventory not found; run `make setup`")
+    return found
+
+
+def read(path: Path) -> dict:
+    """Run `ansible-inventory --list` (group_vars merged) and return its JSON."""
+    argv = [_ansible_inventory(), "-i", str(path), "--playbook-dir", str(REPO / "ansible")]
+    argv.append("--list")
+    env = {**os.environ, "ANSIBLE_NOCOLOR": "1"}
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, check=False)
+    if proc.returncode != 0:
+        raise InventoryError(f"ansible-inventory -i {path} failed: {proc.stderr.strip()}")
+    return json.loads(proc.stdout)
+
+
+def _group_hosts(data: dict, group: str, seen: set[str] | None = None) -> list[str]:
+    seen = seen if seen is not None else set()
+    if group in seen or group not in data:
+        return []
+    seen.add(group)
+    names = list(data[group].get("hosts", []))
+    for child in data[group].get("children", []):
+        names += _group_hosts(data, child, seen)
+    return list(dict.fromkeys(names))
+
+
+def hosts_from(data: dict, limit: list[str] | None = None) -> list[Host]:
+    """Build Host entries from ansible-inventory JSON; group `detector` if present, else all."""
+    hostvars = data.get("_meta", {}).get("hostvars", {})
+    names = _group_hosts(data, GROUP) if GROUP in data else sorted(hostvars)
+    if limit:
+        unknown = sorted(set(limit) - set(names))
+        if unknown:
+            raise InventoryError(f"host(s) {', '.join(unknown)} not in the inventory's hosts")
+        names = [n for n in names if n in limit]
+    if not names:
+        raise InventoryError("the inventory has no hosts; check --inventory")
+    return [host_from(name, hostvars.get(name, {})) for name in names]
+
+
+def host_from(name: str, v: dict) -> Host:
+    """One Host from its merged variables, naming any missing setting."""
+    missing = [k for k in REQUIRED if v.get(k) in (None, "")]
+    if missing:
+        raise InventoryError(
+            f"host {name} lacks {', '.join(missing)}; define them in ansible/group_vars/all.yml"
+        )
+    ports = v["detector_https_ports"]
+    ports = [ports] if isinstance(ports, (int, str)) else ports
+    return Host(
+        name=name,
+        address=str(v["ansible_host"]),
+        user=str(v["detector_deploy_user"]),
+        ssh_port=int(v.get("detector_ssh_port") or v.get("ansible_port") or 22),
+        key_file=str(v.get("ansible_ssh_private_key_file") or ""),
+        service=str(v["detector_service"]),
+        app_root=str(v["detector_app_root"]).rstrip("/"),
+        env_link=str(v["detector_env_link"]).rstrip("/"),
+        domain=str(v["detector_domain"]),
+        https_ports=tuple(int(p) for p in ports),
+        releases_keep=int(v["detector_releases_keep"]),
+        socket_dir=str(v["detector_socket_dir"]).rstrip("/"),
+        upstream_conf=str(v["detector_nginx_upstream_conf"]),
+        upstream_name=str(v["detector_nginx_upstream_name"]),
+        renew_service=_service_name(str(v["detector_certbot_renew_service"])),
+        renew_command=str(v["detector_certbot_renew_command"]),
+        ca_bundle=str(v.get("detector_deploy_ca_bundle") or os.environ.get(CA_BUNDLE_ENV) or ""),
+        drain_s=float(v.get("detector_deploy_drain_s", 5)),
+        gate_timeout_s=float(v.get("detector_deploy_gate_timeout_s", 120)),
+    )
+
+
+def _service_name(name: str) -> str:
+    return name if name.endswith(".service") else name + ".service"
+
+
+def load(inventory: str | None = None, limit: list[str] | None = None) -> list[Host]:
+    """Hosts to act on: resolve the inventory, read it, build Host entries."""
+    return hosts_from(read(resolve_path(inventory)), limit)

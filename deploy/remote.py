@@ -1,0 +1,98 @@
+"""Connections to inventory hosts and bounded remote calls that print one timed line per step."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+import time
+from collections.abc import Iterator
+
+from fabric import Connection
+from invoke.exceptions import UnexpectedExit
+
+from deploy import commands
+from deploy.inventory import Host
+
+DEFAULT_TIMEOUT = 60
+
+
+class DeployError(RuntimeError):
+    """A deploy step failed; the message says what, with which value, and what to do next."""
+
+
+def connect(host: Host) -> Connection:
+    """An SSH connection as the deploy user with the inventory's key; nothing in the environment."""
+    kwargs = {"key_filename": [host.key_file]} if host.key_file else {}
+    conn = Connection(
+        host=host.address,
+        user=host.user,
+        port=host.ssh_port,
+        connect_timeout=15,
+        connect_kwargs={**kwargs, "look_for_keys": not host.key_file, "allow_agent": False},
+    )
+    conn.deploy_host = host
+    return conn
+
+
+def say(host: Host, message: str) -> None:
+    """One progress line, prefixed with the host."""
+    print(f"[{host.name}] {message}", flush=True)
+
+
+@contextlib.contextmanager
+def step(host: Host, what: str) -> Iterator[None]:
+    """Print `what`, then its duration or failure."""
+    start = time.monotonic()
+    say(host, f"{what} ...")
+    try:
+        yield
+    except BaseException:
+        say(host, f"{what}: FAILED after {time.monotonic() - start:.1f}s")
+        raise
+    say(host, f"{what}: done in {time.monotonic() - start:.1f}s")
+
+
+def run(c: Connection, argv_or_cmd, timeout: int = DEFAULT_TIMEOUT, warn: bool = False):
+    """Run argv (or a prepared shell string) with a remote timeout and no pager; hide output."""
+    argv = ["sh", "-c", argv_or_cmd] if isinstance(argv_or_cmd, str) else argv_or_cmd
+    cmd = commands.bounded(argv, timeout)
+    try:
+        return c.run(cmd, hide=True, warn=warn, timeout=timeout + 15, in_stream=False)
+    except UnexpectedExit as exc:
+        res = exc.result
+        detail = (res.stderr or res.stdout).strip().splitlines()[-3:]
+        raise DeployError(
+            f"{c.host}: `{cmd}` exited {res.exited}: {' | '.join(detail) or 'no output'}"
+        ) from None
+
+
+def output(c: Connection, argv_or_cmd, timeout: int = DEFAULT_TIMEOUT) -> str:
+    """stdout of a command that must succeed."""
+    return run(c, argv_or_cmd, timeout).stdout.strip()
+
+
+def probe(c: Connection, argv_or_cmd, timeout: int = DEFAULT_TIMEOUT) -> tuple[bool, str]:
+    """Run without raising; (succeeded, stdout)."""
+    res = run(c, argv_or_cmd, timeout, warn=True)
+    return res.ok, res.stdout.strip()
+
+
+def stream(c: Connection, argv: list[str], timeout: int | None) -> None:
+    """Run with output shown live (logs); timeout None only for an explicit follow."""
+    if timeout is None:
+        cmd = "SYSTEMD_PAGER= " + commands.shell(argv)
+    else:
+        cmd = commands.bounded(argv, timeout)
+    c.run(cmd, pty=False, warn=True, in_stream=False)
+
+
+def put_text(c: Connection, text: str, remote_path: str) -> None:
+    """Upload text content to a path the deploy user owns."""
+    c.put(io.BytesIO(text.encode()), remote=remote_path)
+
+
+def fail(message: str) -> None:
+    """Stop with a one-line reason on stderr."""
+    print(message, file=sys.stderr, flush=True)
+    raise SystemExit(1)

@@ -1,0 +1,180 @@
+"""Fabric tasks for detector hosts: thin wrappers over deploy/ (see README "Deploy")."""
+
+from __future__ import annotations
+
+import time
+
+from fabric import task
+
+from deploy import boot
+from deploy import cert
+from deploy import commands
+from deploy import inventory
+from deploy import lock
+from deploy import release
+from deploy import remote
+from deploy import rollback as rollback_module
+from deploy import status as status_module
+from deploy.remote import DeployError
+
+INVENTORY_HELP = "inventory name under ansible/inventories/ or a path (env DETECTOR_INVENTORY)"
+HOSTS_HELP = "comma-separated inventory host names (default: every detector host)"
+
+
+def _hosts(inventory_arg: str, hosts: str) -> list[inventory.Host]:
+    try:
+        return inventory.load(inventory_arg or None, [h for h in hosts.split(",") if h] or None)
+    except inventory.InventoryError as exc:
+        remote.fail(f"error: {exc}")
+        raise  # unreachable: fail exits
+
+
+def _each(hosts: list[inventory.Host], action, locked: str = "") -> None:
+    """Run action(c, host) per host, in order; stop at the first failure with its reason."""
+    for host in hosts:
+        c = remote.connect(host)
+        try:
+            if locked:
+                with lock.held(c, host.lock_dir, locked, f"fab {locked}"):
+                    action(c, host)
+            else:
+                action(c, host)
+        except DeployError as exc:
+            remote.fail(f"error: {exc}")
+        finally:
+            c.close()
+
+
+@task(
+    help={
+        "ref": "git ref to ship (default HEAD); built from a clean `git archive` of it",
+        "allow_dirty": "ship REF although the working tree has uncommitted changes",
+        "hosts": HOSTS_HELP,
+        "inventory": INVENTORY_HELP,
+    }
+)
+def deploy(c, ref="HEAD", allow_dirty=False, hosts="", inventory=""):
+    """Ship a git ref as a new release with zero downtime.
+
+    Builds the wheel on this machine, installs it into releases/<UTC-ts>-<sha>/ next to the
+    running one, boots it on the idle color and smoke-checks it, switches `current` and nginx,
+    then gates on /readyz and a real detection over HTTPS (the answer must name the new release).
+    Needs the deploy lock. A failed gate switches back automatically and exits non-zero.
+    Undo with `fab rollback`. Keeps detector_releases_keep releases.
+    """
+    targets = _hosts(inventory, hosts)
+    started = time.monotonic()
+    try:
+        art = release.build(ref, allow_dirty)
+    except DeployError as exc:
+        remote.fail(f"error: {exc}")
+    rid = commands.release_id(art.sha)
+    print(
+        f"built {art.wheel.name} from {ref} ({art.sha[:12]}) in {time.monotonic() - started:.1f}s"
+    )
+    for host in targets:
+        c = remote.connect(host)
+        try:
+            with lock.held(c, host.lock_dir, rid, f"fab deploy {ref}"):
+                boot.deploy(c, host, art, rid)
+        except DeployError as exc:
+            remote.fail(f"error: {exc}")
+        finally:
+            c.close()
+    print(f"release {rid} live on {len(targets)} host(s) in {time.monotonic() - started:.1f}s")
+
+
+@task(
+    help={
+        "to": "release id to go back to (default: the one before current)",
+        "hosts": HOSTS_HELP,
+        "inventory": INVENTORY_HELP,
+    }
+)
+def rollback(c, to="", hosts="", inventory=""):
+    """Serve the previous (or a named) release again.
+
+    No rebuild: boots a kept release on the idle color, smoke-checks it, switches, and gates it
+    like a deploy (failure switches back). Needs the deploy lock. `fab status` lists releases.
+    """
+    _each(_hosts(inventory, hosts), lambda cc, h: rollback_module.rollback(cc, h, to), "rollback")
+
+
+@task(help={"hosts": HOSTS_HELP, "inventory": INVENTORY_HELP})
+def restart(c, hosts="", inventory=""):
+    """Restart the service without dropping a request.
+
+    Boots the current release on the idle color, checks it, moves nginx to it and stops the
+    old color after draining; a failed check leaves the running color in place. Needs the lock.
+    """
+    _each(_hosts(inventory, hosts), boot.restart, "restart")
+
+
+@task(help={"hosts": HOSTS_HELP, "inventory": INVENTORY_HELP})
+def status(c, hosts="", inventory=""):
+    """Show release, uptime, workers, health and certificates.
+
+    Read-only: release id and git sha, live color, unit state, workers/threads/RSS, /readyz and
+    the model through nginx, days left on the certificate served on each port (warns under 20).
+    """
+
+    def show(cc, host):
+        for line in status_module.report(cc, host):
+            remote.say(host, line)
+
+    _each(_hosts(inventory, hosts), show)
+
+
+@task(
+    help={
+        "follow": "keep streaming new lines (Ctrl-C to stop)",
+        "lines": "how many recent lines (default 100)",
+        "hosts": HOSTS_HELP,
+        "inventory": INVENTORY_HELP,
+    }
+)
+def logs(c, follow=False, lines=100, hosts="", inventory=""):
+    """Print the service's journal from both colors.
+
+    Read-only; `-f` follows until interrupted.
+    """
+
+    def show(cc, host):
+        units = [commands.unit(host.service, col) for col in commands.COLORS]
+        remote.stream(cc, commands.journal(units, int(lines), follow), None if follow else 60)
+
+    _each(_hosts(inventory, hosts), show)
+
+
+@task(
+    help={
+        "force": "renew now even if the certificate is not due (new serial)",
+        "dry_run": "renew against the staging CA without saving; still runs the deploy hook",
+        "hosts": HOSTS_HELP,
+        "inventory": INVENTORY_HELP,
+    }
+)
+def renew_cert(c, force=False, dry_run=False, hosts="", inventory=""):
+    """Run the certificate renewal the timer runs, then verify it.
+
+    Runs the timer's own service (or its program with --force/--dry-run), then reads the
+    certificate served on 443 and 5000 from here before and after; a forced renewal must show a
+    new serial on every port. nginx reloads gracefully. Needs the deploy lock.
+    """
+    _each(_hosts(inventory, hosts), lambda cc, h: cert.renew(cc, h, force, dry_run), "renew-cert")
+
+
+@task(help={"hosts": HOSTS_HELP, "inventory": INVENTORY_HELP})
+def unlock(c, hosts="", inventory=""):
+    """Remove a stale deploy lock.
+
+    Only when no deploy is running: `fab status` shows who holds it and since when.
+    """
+
+    def drop(cc, host):
+        held = lock.status(cc, host.lock_dir)
+        if held:
+            lock.release(cc, host.lock_dir)
+        remote.say(host, f"removed: {held}" if held else "no deploy lock")
+
+    _each(_hosts(inventory, hosts), drop)
