@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0+cpu
 TORCH_INDEX ?=
 APT_PACKAGES := chromium chromium-driver debootstrap systemd-container pebble bind9 \
-	bind9-utils bind9-dnsutils tinyproxy openssl iproute2 ca-certificates curl
+	bind9-utils bind9-dnsutils tinyproxy openssl iproute2 ca-certificates curl zstd openssh-client
 MODEL ?= yolov3-tiny
 PYTEST_ARGS ?=
 

@@ -29,6 +29,8 @@ from .rootfs import ensure_rootfs
 class Testbed:
     """A running bed: hosts on bridge ``dtb<id>`` (10.77.<id>.0/24), DNS, ACME CA, proxy, wheels."""
 
+    __test__ = False  # not a pytest test class despite its name
+
     id: int
     suite: str = "bookworm"
     hosts: list[Host] = field(default_factory=list)

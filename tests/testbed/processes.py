@@ -30,7 +30,16 @@ def alive(record: Mapping[str, int]) -> bool:
     return start_time(record["pid"]) == record["start_time"]
 
 
+# Popen objects of daemons this process started: kept alive until stopped, then reaped.
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
 def _reap(pid: int) -> None:
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        if child.poll() is not None:
+            del _CHILDREN[pid]
+        return
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
 
@@ -62,6 +71,7 @@ class ProcessTable:
                 cwd=cwd,
                 start_new_session=True,
             )
+        _CHILDREN[proc.pid] = proc
         self.record(name, proc.pid, argv)
         return proc.pid
 
@@ -130,3 +140,8 @@ def stop_pids(records: list[dict], timeout: float = 10.0) -> None:
             if not alive(r):
                 break
             time.sleep(0.1)
+    for r in records:
+        child = _CHILDREN.pop(r["pid"], None)
+        if child is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=5)

@@ -1,0 +1,1 @@
+"""End-to-end tests on the test bed (booted hosts, ACME, DNS)."""
