@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from datetime import datetime
 from datetime import timezone
+from pathlib import Path
 
 import pytest
 
@@ -234,3 +236,30 @@ def test_multipart_body_carries_the_file():
     assert b'name="file"; filename="a.jpg"' in body
     assert b"\xff\xd8data\r\n" in body
     assert body.endswith(f"--{boundary}--\r\n".encode())
+
+
+@pytest.mark.slow
+def test_release_venv_over_a_venv_base_imports_the_release_not_the_base(tmp_path):
+    """The real install commands, run here with the project venv as the host's base env."""
+    from deploy import release
+
+    base_python = sys.executable  # a venv, like detector_env_link with the venv backend
+    art = release.build("HEAD", allow_dirty=True, out=tmp_path / "build")
+    rel = tmp_path / "releases" / "20261126T010203Z-ab12cd34"
+    rel_python = str(rel / "bin" / "python")
+
+    def sh(cmd):
+        return subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=300)
+
+    for cmd in (
+        commands.shell(commands.make_venv(base_python, str(rel))),
+        commands.link_base_env(rel_python, base_python),
+        commands.shell(commands.pip_install_wheel(rel_python, str(art.wheel))),
+    ):
+        res = sh(cmd)
+        assert res.returncode == 0, (cmd, res.stderr)
+    res = sh(commands.shell(commands.import_check(rel_python)))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().startswith(str(rel))  # detector comes from the release
+    flask = sh(commands.shell([rel_python, "-c", "import flask; print(flask.__file__)"]))
+    assert flask.stdout.strip().startswith(str(Path(sys.prefix)))  # deps from the base env
