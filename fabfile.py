@@ -161,6 +161,8 @@ def renew_cert(c, force=False, dry_run=False, hosts="", inventory=""):
     certificate served on 443 and 5000 from here before and after; a forced renewal must show a
     new serial on every port. nginx reloads gracefully. Needs the deploy lock.
     """
+    if force and dry_run:
+        remote.fail("error: --dry-run always gets a test certificate; drop --force")
     _each(_hosts(inventory, hosts), lambda cc, h: cert.renew(cc, h, force, dry_run), "renew-cert")
 
 

@@ -235,9 +235,20 @@ def nginx_draining() -> list[str]:
     return ["sh", "-c", "ps -eo args= | grep -c '^nginx: worker process is shutting down' || true"]
 
 
-def renew_cert(service: str, command: str, force: bool, dry_run: bool) -> list[str]:
-    """The timer's own renewal: its service when plain, its program with flags otherwise."""
+RENEW_ARGS_VAR = "DETECTOR_CERTBOT_EXTRA_ARGS"
+
+
+def renew_cert(service: str, force: bool, dry_run: bool) -> list[list[str]]:
+    """The timer's own service, with extra certbot flags passed through the manager environment.
+
+    Returns the argv steps; the last one (unset) must run even when the start fails.
+    """
+    if force and dry_run:
+        raise ValueError("--dry-run always gets a test certificate; drop --force")
+    start = sudo(systemctl("start", service))
     if not force and not dry_run:
-        return sudo(systemctl("start", service))
-    flags = (["--force"] if force else []) + (["--dry-run"] if dry_run else [])
-    return sudo([command, *flags])
+        return [start]
+    flag = "--force-renewal" if force else "--dry-run"
+    setenv = sudo([SYSTEMCTL, "--no-pager", "set-environment", f"{RENEW_ARGS_VAR}={flag}"])
+    unset = sudo([SYSTEMCTL, "--no-pager", "unset-environment", RENEW_ARGS_VAR])
+    return [setenv, start, unset]

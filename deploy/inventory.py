@@ -28,7 +28,6 @@ REQUIRED = (
     "detector_nginx_upstream_conf",
     "detector_nginx_upstream_name",
     "detector_certbot_renew_service",
-    "detector_certbot_renew_command",
 )
 
 
@@ -55,7 +54,6 @@ class Host:
     upstream_conf: str
     upstream_name: str
     renew_service: str
-    renew_command: str
     ca_bundle: str = ""
     drain_s: float = 5.0
     gate_timeout_s: float = 120.0
@@ -178,7 +176,6 @@ def host_from(name: str, v: dict) -> Host:
         upstream_conf=str(v["detector_nginx_upstream_conf"]),
         upstream_name=str(v["detector_nginx_upstream_name"]),
         renew_service=_service_name(str(v["detector_certbot_renew_service"])),
-        renew_command=str(v["detector_certbot_renew_command"]),
         ca_bundle=str(v.get("detector_deploy_ca_bundle") or os.environ.get(CA_BUNDLE_ENV) or ""),
         drain_s=float(v.get("detector_deploy_drain_s", 5)),
         gate_timeout_s=float(v.get("detector_deploy_gate_timeout_s", 120)),

@@ -150,18 +150,33 @@ def test_journal_builder():
     assert commands.journal(units[:1], 10, follow=True)[-1] == "-f"
 
 
-def test_renew_cert_runs_the_timer_service_or_its_program():
-    plain = commands.renew_cert("detector-certbot-renew.service", "/usr/local/sbin/r", False, False)
-    assert plain == [
-        "sudo",
-        "-n",
-        "/usr/bin/systemctl",
-        "--no-pager",
-        "start",
-        "detector-certbot-renew.service",
+def test_renew_cert_starts_the_timer_service_with_flags_through_the_manager_env():
+    start = ["sudo", "-n", "/usr/bin/systemctl", "--no-pager", "start", "r.service"]
+    assert commands.renew_cert("r.service", False, False) == [start]
+    assert commands.renew_cert("r.service", True, False) == [
+        [
+            "sudo",
+            "-n",
+            "/usr/bin/systemctl",
+            "--no-pager",
+            "set-environment",
+            "DETECTOR_CERTBOT_EXTRA_ARGS=--force-renewal",
+        ],
+        start,
+        [
+            "sudo",
+            "-n",
+            "/usr/bin/systemctl",
+            "--no-pager",
+            "unset-environment",
+            "DETECTOR_CERTBOT_EXTRA_ARGS",
+        ],
     ]
-    forced = commands.renew_cert("x.service", "/usr/local/sbin/r", True, True)
-    assert forced == ["sudo", "-n", "/usr/local/sbin/r", "--force", "--dry-run"]
+    assert commands.renew_cert("r.service", False, True)[0][-1] == (
+        "DETECTOR_CERTBOT_EXTRA_ARGS=--dry-run"
+    )
+    with pytest.raises(ValueError, match="drop --force"):
+        commands.renew_cert("r.service", True, True)
 
 
 def test_releases_to_prune_keeps_newest_and_protected():
