@@ -176,7 +176,12 @@ def host_from(name: str, v: dict) -> Host:
         upstream_conf=str(v["detector_nginx_upstream_conf"]),
         upstream_name=str(v["detector_nginx_upstream_name"]),
         renew_service=_service_name(str(v["detector_certbot_renew_service"])),
-        ca_bundle=str(v.get("detector_deploy_ca_bundle") or os.environ.get(CA_BUNDLE_ENV) or ""),
+        ca_bundle=str(
+            v.get("detector_deploy_ca_bundle")
+            or v.get("detector_acme_root_ca")
+            or os.environ.get(CA_BUNDLE_ENV)
+            or ""
+        ),
         drain_s=float(v.get("detector_deploy_drain_s", 5)),
         gate_timeout_s=float(v.get("detector_deploy_gate_timeout_s", 120)),
     )
