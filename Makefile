@@ -56,5 +56,11 @@ serve:
 bench:
 	$(BIN)/python -m bench.run
 
+demo:  # test bed (1 host) up, provision, fab deploy; prints the URL and a curl; stays up
+	$(BIN)/python -m deploy.demo up
+
+demo-down:  # stop the demo's test bed (by recorded PIDs)
+	$(BIN)/python -m deploy.demo down
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache test-artifacts
