@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 
 from fabric import task
@@ -26,7 +27,6 @@ def _hosts(inventory_arg: str, hosts: str) -> list[inventory.Host]:
         return inventory.load(inventory_arg or None, [h for h in hosts.split(",") if h] or None)
     except inventory.InventoryError as exc:
         remote.fail(f"error: {exc}")
-        raise  # unreachable: fail exits
 
 
 def _each(hosts: list[inventory.Host], action, locked: str = "") -> None:
@@ -81,6 +81,7 @@ def deploy(c, ref="HEAD", allow_dirty=False, hosts="", inventory=""):
             remote.fail(f"error: {exc}")
         finally:
             c.close()
+    shutil.rmtree(art.wheel.parent.parent, ignore_errors=True)
     print(f"release {rid} live on {len(targets)} host(s) in {time.monotonic() - started:.1f}s")
 
 

@@ -43,7 +43,13 @@ def boot(c: Connection, host: Host, rid: str) -> str:
         with step(host, f"health gate https://{host.domain} ports {host.https_ports}"):
             say(host, "gate: " + health.gate(host, rid))
     except BaseException as exc:
-        _switch_back(c, host, live, previous, idle)
+        try:
+            _switch_back(c, host, live, previous, idle)
+        except BaseException as undo:
+            raise DeployError(
+                f"{rid} failed on {host.name}: {exc}; switching back ALSO failed: {undo}; "
+                f"check `fab status` and run `fab rollback`"
+            ) from None
         back = switch.release_of(previous) or "nothing (first deploy)"
         raise DeployError(f"{rid} failed on {host.name}: {exc}; rolled back to {back}") from None
     with step(host, f"enable {idle_unit}, drain and stop {live or 'no previous color'}"):

@@ -17,7 +17,6 @@ from deploy.health import SMOKE_IMAGE
 from deploy.inventory import REPO
 from deploy.inventory import Host
 from deploy.remote import DeployError
-from deploy.remote import output
 from deploy.remote import probe
 from deploy.remote import run
 from deploy.switch import release_of
@@ -138,8 +137,3 @@ def prune(c: Connection, host: Host) -> list[str]:
     if doomed:
         run(c, commands.remove_releases(host.releases_dir, doomed), timeout=300)
     return doomed
-
-
-def revision(c: Connection, rel: str) -> str:
-    """The full git sha a release was built from."""
-    return output(c, ["cat", f"{rel}/REVISION"])

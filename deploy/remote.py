@@ -7,6 +7,7 @@ import io
 import sys
 import time
 from collections.abc import Iterator
+from typing import NoReturn
 
 from fabric import Connection
 from invoke.exceptions import UnexpectedExit
@@ -92,7 +93,7 @@ def put_text(c: Connection, text: str, remote_path: str) -> None:
     c.put(io.BytesIO(text.encode()), remote=remote_path)
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Stop with a one-line reason on stderr."""
     print(message, file=sys.stderr, flush=True)
     raise SystemExit(1)

@@ -47,9 +47,9 @@ def report(c: Connection, host: Host) -> list[str]:
     """Status lines for one host; unreachable parts say so instead of failing."""
     lines = []
     current = switch.release_of(switch.target_of(c, host.current_link))
-    sha = release.revision(c, host.release_dir(current))[:12] if current else "-"
+    _, sha = probe(c, ["cat", f"{host.release_dir(current)}/REVISION"]) if current else (0, "")
     color = switch.live_color(c, host) or "-"
-    lines.append(f"release {current or 'none'} (git {sha}), live color {color}")
+    lines.append(f"release {current or 'none'} (git {sha[:12] or '-'}), live color {color}")
     if color != "-":
         name = commands.unit(host.service, color)
         _, text = probe(c, commands.systemctl_show(name))
