@@ -77,8 +77,12 @@ def deploy(c: Connection, host: Host, art: release.Artifact, rid: str) -> None:
     """Install, boot, prune: one host's part of `fab deploy` (the caller holds the lock)."""
     started = time.monotonic()
     with step(host, f"install {rid} ({art.wheel.name})"):
-        release.install(c, host, art, rid)
-    boot(c, host, rid)
+        rel = release.install(c, host, art, rid)
+    try:
+        boot(c, host, rid)
+    except DeployError:
+        release.discard(c, host, rel)  # never served: not a rollback target
+        raise
     with step(host, f"prune releases beyond {host.releases_keep}"):
         gone = release.prune(c, host)
         say(host, f"removed {', '.join(gone) if gone else 'none'}")

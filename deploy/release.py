@@ -110,6 +110,12 @@ def install(c: Connection, host: Host, art: Artifact, rid: str) -> str:
     return rel
 
 
+def discard(c: Connection, host: Host, rel: str) -> None:
+    """Remove a release that failed its checks, so that `fab rollback` never picks it."""
+    if release_of(rel) != release_of(target_of(c, host.current_link)):
+        probe(c, ["rm", "-rf", "--", rel], timeout=120)
+
+
 def upload_smoke_image(c: Connection, host: Host) -> str:
     """The bundled image the smoke check posts to the idle color."""
     remote = f"{host.staging_dir}/smoke.jpg"
