@@ -39,7 +39,7 @@ def _each(hosts: list[inventory.Host], action, locked: str = "") -> None:
                     action(c, host)
             else:
                 action(c, host)
-        except DeployError as exc:
+        except remote.FAILURES as exc:
             remote.fail(f"error: {exc}")
         finally:
             c.close()
@@ -77,7 +77,7 @@ def deploy(c, ref="HEAD", allow_dirty=False, hosts="", inventory=""):
         try:
             with lock.held(c, host.lock_dir, rid, f"fab deploy {ref}"):
                 boot.deploy(c, host, art, rid)
-        except DeployError as exc:
+        except remote.FAILURES as exc:
             remote.fail(f"error: {exc}")
         finally:
             c.close()

@@ -10,7 +10,9 @@ from collections.abc import Iterator
 from typing import NoReturn
 
 from fabric import Connection
+from invoke.exceptions import CommandTimedOut
 from invoke.exceptions import UnexpectedExit
+from paramiko.ssh_exception import SSHException
 
 from deploy import commands
 from deploy.inventory import Host
@@ -20,6 +22,9 @@ DEFAULT_TIMEOUT = 60
 
 class DeployError(RuntimeError):
     """A deploy step failed; the message says what, with which value, and what to do next."""
+
+
+FAILURES = (DeployError, OSError, SSHException)  # what a task reports as one line
 
 
 def connect(host: Host) -> Connection:
@@ -60,6 +65,12 @@ def run(c: Connection, argv_or_cmd, timeout: int = DEFAULT_TIMEOUT, warn: bool =
     cmd = commands.bounded(argv, timeout)
     try:
         return c.run(cmd, hide=True, warn=warn, timeout=timeout + 15, in_stream=False)
+    except CommandTimedOut:
+        raise DeployError(f"{c.host}: `{cmd}` did not finish within {timeout}s") from None
+    except (SSHException, OSError) as exc:
+        raise DeployError(
+            f"{c.host}: ssh as {c.user} failed ({exc}); check the inventory"
+        ) from None
     except UnexpectedExit as exc:
         res = exc.result
         detail = (res.stderr or res.stdout).strip().splitlines()[-3:]
