@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 import time
 import traceback
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from detector import config as config_module
 
+_DEBUG = "log the model loading and show tracebacks on errors"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -21,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="detector",
         description="YOLOv3 object detection. `detector serve --help` shows the server's options.",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     detect = sub.add_parser("detect", help="detect objects in images")
@@ -40,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     detect.add_argument("--cfg", help="custom model: darknet .cfg file")
     detect.add_argument("--weights", help="custom model: darknet .weights file")
     detect.add_argument("--names", help="custom model: class names, one per line")
-    detect.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    detect.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG)
 
     fetch = sub.add_parser("fetch-weights", help="download and verify a model's weights")
     fetch.add_argument("name", help="model name from the weights manifest")
@@ -50,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     fetch.add_argument("--manifest", help="weights manifest file (default: the packaged one)")
     fetch.add_argument("--quiet", action="store_true", help="no progress bar")
-    fetch.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    fetch.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG)
 
     sub.add_parser("serve", help="run the web service (options: detector serve --help)")
     return parser
@@ -112,6 +114,9 @@ def _detect(args: argparse.Namespace) -> int:
     from detector.manifest import resolve_model
     from detector.model import load_detector
 
+    for name in args.images:  # fail before the model load, which takes seconds
+        if not Path(name).is_file():
+            raise FileNotFoundError(f"image {name} does not exist or is not a file")
     settings = _settings(args)
     spec = resolve_model(settings)
     det = load_detector(
@@ -192,10 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        if argv and argv[0] == "serve":
-            return _serve(argv[1:])
-        if argv[:2] == ["--debug", "serve"]:
-            return _serve(argv[2:])
+        if argv[:1] == ["serve"] or argv[:2] == ["--debug", "serve"]:
+            return _serve(argv[argv.index("serve") + 1 :])  # the server sets up its own logging
+        level = logging.INFO if debug else logging.WARNING
+        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
         args = _parser().parse_args(argv)
         handler = {"detect": _detect, "fetch-weights": _fetch}[args.command]
         return handler(args)

@@ -12,7 +12,7 @@ from PIL import ImageDraw
 from PIL import ImageFont
 from PIL import UnidentifiedImageError
 
-# Formats a photo upload can be in (JPEG includes MPO); others (EPS, PDF, ...) are refused as "not an image".
+# Formats a photo can come in (JPEG covers MPO); others (EPS, PDF, ...) are "not an image".
 FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM", "ICO")
 # Signatures of the accepted formats: such a file that fails to decode is corrupt, not foreign.
 _IMAGE_MAGIC = (
@@ -270,7 +270,7 @@ def draw_detections(image: Image.Image, detections) -> Image.Image:
     w, h = out.size
     short = min(w, h)
     line = max(1, round(short / 300))
-    font = _font(max(10, round(short / 35)))
+    font = _font(max(10, round(short / 40)))
     draw = ImageDraw.Draw(out)
     pad = max(1, line)
     for det in detections:
