@@ -1,0 +1,121 @@
+"""Inference engines behind one call, engine(input) -> raw [yolo] maps, and the `auto` choice."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cfg import Convolutional
+from .cfg import ModelCfg
+from .darknet import Darknet
+
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # CPUs with native bf16 dot products
+AUTO_RUNS = 3  # timed runs per engine at load, after one warm-up run each
+
+
+def cpu_flags() -> set[str]:
+    """Return the CPU feature flags from /proc/cpuinfo (empty where it does not exist)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def bf16_flag(flags: set[str] | None = None) -> str | None:
+    """Return the CPU flag that makes bf16 convolutions worthwhile, or None."""
+    flags = cpu_flags() if flags is None else flags
+    return next((flag for flag in BF16_FLAGS if flag in flags), None)
+
+
+class TorchEngine:
+    """Darknet in torch: batch norm folded into convs, channels_last, inference_mode, fp32/bf16."""
+
+    name = "torch"
+
+    def __init__(self, model: Darknet, precision: str = "fp32") -> None:
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+        self.precision = precision
+        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        model = model.fuse().eval().to(memory_format=torch.channels_last)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.model = model.to(self.dtype)
+
+    @property
+    def label(self) -> str:
+        """Return the engine name with its precision, for logs and reports."""
+        return f"torch-{self.precision}"
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        with torch.inference_mode():
+            x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
+            return [m.float() for m in self.model(x)]
+
+
+class OpenCVEngine:
+    """OpenCV's darknet importer (cv2.dnn) on the same cfg + weights, returning the same maps."""
+
+    name = "opencv"
+    label = "opencv"
+    precision = "fp32"
+
+    def __init__(self, cfg: ModelCfg, cfg_path: str | Path, weights_path: str | Path) -> None:
+        import cv2
+
+        self.net = cv2.dnn.readNetFromDarknet(str(cfg_path), str(weights_path))
+        self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+        self.net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+        # The raw maps are the outputs of the convs feeding the [yolo] layers (named conv_<i>).
+        self.outputs = []
+        for index in cfg.yolo_indices:
+            if not isinstance(cfg.layers[index - 1], Convolutional):
+                raise ValueError(f"{cfg.path}: layer {index - 1} before a [yolo] must be a conv")
+            self.outputs.append(f"conv_{index - 1}")
+        missing = set(self.outputs) - set(self.net.getLayerNames())
+        if missing:
+            raise ValueError(f"OpenCV's darknet net has no layer {sorted(missing)}")
+        self._lock = threading.Lock()  # a cv2.dnn.Net is not safe to run from two threads
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        blob = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+        with self._lock:
+            self.net.setInput(blob)
+            maps = self.net.forward(self.outputs)
+        return [torch.from_numpy(np.array(m)) for m in maps]
+
+
+Engine = Callable[[torch.Tensor], list]
+
+
+def time_engine(engine: Engine, x: torch.Tensor, runs: int) -> float:
+    """Return the median wall time in ms of `runs` calls (after the caller's warm-up)."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        engine(x)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def choose(candidates: list, x: torch.Tensor, runs: int = AUTO_RUNS) -> tuple[object, str]:
+    """Time each warmed-up candidate on `x` and return the fastest with the reason, in words."""
+    timings = [(time_engine(engine, x, runs), engine) for engine in candidates]
+    best_ms, best = min(timings, key=lambda pair: pair[0])
+    measured = ", ".join(f"{engine.label} {ms:.0f} ms" for ms, engine in timings)
+    size = f"{x.shape[3]}x{x.shape[2]}"
+    reason = (
+        f"auto: {best.label} was fastest at load ({measured}; median of {runs} at {size}, "
+        f"{torch.get_num_threads()} threads)"
+    )
+    return best, reason
