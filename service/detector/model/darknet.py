@@ -101,9 +101,21 @@ class MaxPool(nn.Module):
         self.pad = (before, spec.padding - before, before, spec.padding - before)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if any(self.pad):
+        if any(self.pad) and self._pad_used(x.shape[2], x.shape[3]):
             x = F.pad(x, self.pad, value=float("-inf"))
         return F.max_pool2d(x, self.size, self.stride)
+
+    def _pad_used(self, h: int, w: int) -> bool:
+        """Return whether any pooling window reaches the padding (size 2 stride 2 on an even
+        side never does): then the copy that padding costs can be skipped."""
+        left, right, top, bottom = self.pad
+        if left or top:
+            return True
+        for side, after in ((h, bottom), (w, right)):
+            padded_out = (side + after - self.size) // self.stride + 1
+            if after and (padded_out - 1) * self.stride + self.size > side:
+                return True
+        return False
 
 
 class Upsampling(nn.Module):
