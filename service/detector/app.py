@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import socket
@@ -11,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from flask import Flask
+from flask import Request
 from flask import g
 from flask import request
 
@@ -27,6 +29,15 @@ RELEASES_DIR = "releases"  # /opt/detector/releases/<id>/ (see DESIGN.md)
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
+class InMemoryRequest(Request):
+    """Keep uploaded files in memory (bounded by MAX_CONTENT_LENGTH): uploads never touch disk."""
+
+    def _get_file_stream(
+        self, total_content_length, content_type, filename=None, content_length=None
+    ):
+        return io.BytesIO()
+
+
 def create_app(config: config_module.Config | Mapping | None = None) -> Flask:
     """Build the app from a Config, a mapping of settings, or DETECTOR_CONFIG + environment.
 
@@ -38,6 +49,7 @@ def create_app(config: config_module.Config | Mapping | None = None) -> Flask:
     elif isinstance(config, Mapping):
         config = config_module.from_mapping(dict(config))
     app = Flask(__name__)
+    app.request_class = InMemoryRequest
     app.config.update(
         DETECTOR=config,
         DETECTOR_RELEASE=find_release(config),

@@ -6,6 +6,8 @@ import io
 
 import pytest
 from PIL import Image
+from werkzeug.datastructures import FileStorage
+from werkzeug.test import encode_multipart
 
 
 def jpeg_bytes(image: Image.Image, quality: int = 90, **params) -> bytes:
@@ -23,5 +25,5 @@ def sample_image(name: str) -> Image.Image:
 
 def post_file(client, url: str, data: bytes, filename: str = "upload.jpg", **fields):
     """POST `data` as multipart field `file` (plus other form fields) with the test client."""
-    form = {"file": (io.BytesIO(data), filename), **fields}
-    return client.post(url, data=form, content_type="multipart/form-data")
+    boundary, body = encode_multipart({"file": FileStorage(io.BytesIO(data), filename), **fields})
+    return client.post(url, data=body, content_type=f"multipart/form-data; boundary={boundary}")
