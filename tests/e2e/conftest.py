@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,12 +58,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 @pytest.fixture(scope="session")
 def testbed() -> Iterator[Testbed]:
     """A test bed for the whole session, torn down (and checked clean) at its end."""
     reason = missing_prerequisite()
     if reason:
         pytest.skip(reason)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        # A CI timeout's SIGTERM unwinds like Ctrl-C, so the bed is torn down.
+        signal.signal(signal.SIGTERM, _raise_interrupt)
     bed = Testbed.allocate(owner_pid=os.getpid(), log=lambda msg: print(msg, flush=True))
     bed.up(hosts=int(os.environ.get("DETECTOR_TESTBED_HOSTS", "1")))
     try:

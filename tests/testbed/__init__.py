@@ -19,6 +19,7 @@ Python API (stable; the e2e fixtures in tests/e2e/conftest.py wrap it)::
         bed.dns.server, bed.dns.port, bed.dns.zone        # bind9, authoritative for detector.test
         bed.dns.tsig.name, bed.dns.tsig.algorithm, bed.dns.tsig.secret
         bed.resolve("detector.test")                     # ["10.77.<id>.11"] via the bed's DNS
+        bed.address_of("detector.test")                  # first A record, guard-checked
         bed.nsupdate(["update add x.detector.test. 60 TXT hello"])
         bed.build_wheelhouse(requirements_file)          # pip wheel here (cached), then served
         bed.pip_index_url, bed.proxy_url

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 REBOOT_STATUS = 133  # systemd-nspawn's exit status when the container asked for a reboot
-STOP_TIMEOUT = 20.0
+STOP_TIMEOUT = 15.0
 
 
 def start_time(pid: int) -> int:
