@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import socket
@@ -203,6 +204,25 @@ def test_inventory_lets_ansible_become_root(testbed: Testbed) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{testbed.hosts[0].name} | CHANGED | rc=0 | (stdout) root" in result.stdout
+
+
+def test_inventory_vars_outrank_the_playbook_group_vars(testbed: Testbed) -> None:
+    inventory = VENV_BIN / "ansible-inventory"
+    if not inventory.exists():
+        pytest.skip(f"ansible-inventory missing from {VENV_BIN}: pip install -e '.[test]'")
+    playbook_dir = Path(__file__).resolve().parents[2] / "ansible"
+    result = subprocess.run(
+        [str(inventory), "-i", str(testbed.inventory_path), "--playbook-dir", str(playbook_dir)]
+        + ["--host", testbed.hosts[0].name],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    hostvars = json.loads(result.stdout)
+    for key, value in testbed.variables().items():
+        assert hostvars[key] == value, key
+    assert hostvars["ansible_host"] == testbed.hosts[0].address
 
 
 def test_guard_refuses_addresses_the_testbed_did_not_create(testbed: Testbed) -> None:

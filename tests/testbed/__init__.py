@@ -10,8 +10,10 @@ Python API (stable; the e2e fixtures in tests/e2e/conftest.py wrap it)::
         bed.ssh("host1", "systemctl is-system-running")   # CompletedProcess (text)
         bed.add_hosts(2)          # boot fresh hosts host2, host3 (also added to DNS and inventory)
         bed.reboot("host1")       # reboot from inside; nspawn boots the same rootfs again
-        bed.inventory_path        # YAML inventory: group `testbed`, ansible_* and detector_* vars
-        bed.write_inventory(extra_groups=("web",))  # also list every host in other groups
+        bed.inventory_path        # YAML inventory: hosts in groups `testbed` and `detector`;
+                                  # ansible_* and detector_* vars in group_vars/testbed.yml beside
+                                  # it (inventory group_vars outrank ansible/group_vars/all.yml)
+        bed.write_inventory(extra_groups=("detector", "web"))  # list hosts in more groups
         bed.variables()           # the detector_* vars (see below)
         bed.acme.directory_url    # https://10.77.<id>.1:14000/dir (Pebble)
         bed.acme.ca_bundle        # Pebble's TLS cert: REQUESTS_CA_BUNDLE for certbot
@@ -26,14 +28,14 @@ Python API (stable; the e2e fixtures in tests/e2e/conftest.py wrap it)::
     finally:
         bed.down()                # stop by recorded PIDs, delete links, remove the state dir
 
-Inventory variables (group `testbed`; a real VM has internet and leaves these unset/default):
+Inventory variables (group_vars/testbed.yml; a real VM has internet and leaves these at defaults):
 ``detector_testbed`` (true), ``detector_domain`` (detector.test), ``detector_http_proxy`` and
 ``detector_apt_proxy`` (tinyproxy URL, reaches the Debian mirror only), ``detector_pip_index_url``
 (PEP 503 wheelhouse), ``detector_pip_find_links``, ``detector_pip_trusted_host`` (plain HTTP),
 ``detector_torch_spec``, ``detector_torch_index_url``, ``detector_python_backend`` (venv),
 ``detector_acme_server``, ``detector_acme_ca_bundle`` (path on this machine: copy it to hosts),
 ``detector_acme_root_url``, ``detector_acme_root_ca`` (path), ``detector_acme_email``,
-``detector_dns_server``, ``detector_dns_port``, ``detector_tsig_key_name``,
+``detector_dns_server``, ``detector_dns_port``, ``detector_dns_zone``, ``detector_tsig_key_name``,
 ``detector_tsig_key_secret``, ``detector_tsig_key_algorithm`` (bind spelling, hmac-sha256).
 
 Bed ``<id>`` (0..15) owns bridge ``dtb<id>`` with 10.77.<id>.1/24, hosts at 10.77.<id>.11+,

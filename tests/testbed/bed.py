@@ -279,13 +279,14 @@ class Testbed:
             "detector_acme_email": f"admin@{acme.DOMAIN}",
             "detector_dns_server": self.dns.server,
             "detector_dns_port": self.dns.port,
+            "detector_dns_zone": self.dns.zone,
             "detector_tsig_key_name": tsig.name,
             "detector_tsig_key_secret": tsig.secret,
             "detector_tsig_key_algorithm": tsig.algorithm,
         }
 
-    def write_inventory(self, extra_groups: tuple[str, ...] = ()) -> Path:
-        """(Re)write the inventory with every host; extra_groups also list every host."""
+    def write_inventory(self, extra_groups: tuple[str, ...] = ("detector",)) -> Path:
+        """(Re)write the inventory and group_vars/testbed.yml; extra_groups list every host too."""
         return write_inventory(
             self.inventory_path,
             [{"name": h.name, "address": h.address} for h in self.hosts],
