@@ -137,7 +137,8 @@
     try {
       img = await loadImage(dataUrl);
     } catch (err) {
-      return asIs;  // the browser cannot show it: let the server judge the file
+      figure.hidden = true;  // the browser cannot show it: let the server judge the file
+      return asIs;
     }
     const width = img.naturalWidth;
     const height = img.naturalHeight;
@@ -192,14 +193,14 @@
   }
 
   function describeError(status, body) {
-    const detail = body && body.error ? " (" + body.error + ")" : "";
+    const detail = body && body.error ? " Server said: " + body.error + "." : "";
     switch (status) {
-      case 400: return "The server could not read this image" + detail + ".";
-      case 413: return "The file is too large to upload" + detail + ". Choose a smaller image.";
-      case 415: return "That file is not an image the server reads" + detail + ". Use JPEG, PNG, GIF, WebP or BMP.";
-      case 422: return "The image has too many pixels" + detail + ". Use a smaller image.";
-      case 502: case 503: case 504: return "The server is busy or restarting (" + status + "); try again in a moment.";
-      default: return "The server answered with an error " + status + detail + ".";
+      case 400: return "The server could not read this image." + detail;
+      case 413: return "The file is too large to upload; choose a smaller image." + detail;
+      case 415: return "That file is not an image the server reads; use JPEG, PNG, GIF, WebP or BMP." + detail;
+      case 422: return "The image has too many pixels; use a smaller image." + detail;
+      case 502: case 503: case 504: return "The server is busy or restarting (" + status + "); try again in a moment." + detail;
+      default: return "The server answered with error " + status + "." + detail;
     }
   }
 
