@@ -11,8 +11,10 @@ import sys
 
 from .bed import Testbed
 from .bed import bed_ids
+from .bed import live_owner
 from .bed import teardown
 from .hosts import ssh_argv
+from .network import link_bed_id
 from .network import owned_links
 
 
@@ -24,6 +26,9 @@ def _pick(bed_id: int | None) -> int:
         return bed_id
     if len(ids) == 1:
         return ids[0]
+    unowned = [i for i in ids if live_owner(i) is None]
+    if len(unowned) == 1:
+        return unowned[0]
     if not ids:
         raise SystemExit("testbed: no bed is up; run `python -m tests.testbed up`")
     raise SystemExit(f"testbed: several beds are up ({ids}); pick one with --bed N")
@@ -49,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     ssh.add_argument("command", nargs=argparse.REMAINDER)
     down = verbs.add_parser("down", help="tear a bed down (also a crashed one)")
     down.add_argument("--all", action="store_true", help="every bed, and links left without state")
+    down.add_argument(
+        "--force", action="store_true", help="also beds a running pytest session owns"
+    )
+    for sub in (up, status, ssh, down):
+        sub.add_argument("--bed", type=int, default=argparse.SUPPRESS, help="bed id")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("testbed: must run as root (systemd-nspawn, bridges)")
@@ -73,11 +83,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb == "down":
         ids = bed_ids() if args.all else [_pick(args.bed)]
         for bed_id in ids:
+            owner = live_owner(bed_id)
+            if owner is not None and not args.force:
+                print(
+                    f"testbed {bed_id}: left up, it belongs to running process {owner} "
+                    "(a pytest session tears its bed down itself); add --force to take it down"
+                )
+                continue
             teardown(bed_id)
             print(f"testbed {bed_id}: down")
         if args.all:
-            for link in owned_links():  # links left by a run whose state dir is gone
-                subprocess.run(["ip", "link", "del", link], check=False)
+            remaining = set(bed_ids())
+            for link in owned_links():  # links of beds whose state dir is gone
+                if link_bed_id(link) not in remaining:
+                    subprocess.run(["ip", "link", "del", link], check=False)
         return 0
     return 2
 

@@ -190,7 +190,9 @@ class Testbed:
         network.delete_links(self.id)
         marks.append(time.monotonic())
         if self.dir.is_dir():
-            shutil.rmtree(self.dir)
+            shutil.rmtree(self.dir, ignore_errors=True)  # tolerate a concurrent `down`
+            if self.dir.exists():
+                shutil.rmtree(self.dir)
         marks.append(time.monotonic())
         phases = ", ".join(
             f"{what} {b - a:.1f}s"
@@ -316,6 +318,15 @@ def bed_ids() -> list[int]:
     if not STATE_ROOT.is_dir():
         return []
     return sorted(int(p.name) for p in STATE_ROOT.iterdir() if p.name.isdigit())
+
+
+def live_owner(bed_id: int) -> int | None:
+    """Return the PID of the running process (a pytest session) that owns bed bed_id, if any."""
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        owner = json.loads((STATE_ROOT / str(bed_id) / "bed.json").read_text()).get("owner")
+        if owner and processes.start_time(owner["pid"]) == owner["start_time"]:
+            return owner["pid"]
+    return None
 
 
 def reclaim_stale(log=print) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -60,6 +61,12 @@ def owned_links() -> list[str]:
         ):
             names.append(name)
     return names
+
+
+def link_bed_id(name: str) -> int | None:
+    """Return the bed id a link name belongs to (dtb3, vb-dtb3-host1 -> 3), None if not ours."""
+    match = re.match(rf"^(?:vb-)?{BRIDGE_PREFIX}(\d+)(?:-|$)", name)
+    return int(match.group(1)) if match else None
 
 
 def create_bridge(bed_id: int) -> str:
