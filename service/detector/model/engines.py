@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -95,27 +93,23 @@ class OpenCVEngine:
         return [torch.from_numpy(np.array(m)) for m in maps]
 
 
-Engine = Callable[[torch.Tensor], list]
-
-
-def time_engine(engine: Engine, x: torch.Tensor, runs: int) -> float:
-    """Return the median wall time in ms of `runs` calls (after the caller's warm-up)."""
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        engine(x)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
 def choose(candidates: list, x: torch.Tensor, runs: int = AUTO_RUNS) -> tuple[object, str]:
-    """Time each warmed-up candidate on `x` and return the fastest with the reason, in words."""
-    timings = [(time_engine(engine, x, runs), engine) for engine in candidates]
-    best_ms, best = min(timings, key=lambda pair: pair[0])
-    measured = ", ".join(f"{engine.label} {ms:.0f} ms" for ms, engine in timings)
+    """Time the warmed-up candidates on `x` and return the fastest with the reason, in words.
+
+    Runs are interleaved (A, B, A, B, ...) and each engine keeps its best time, so a burst of
+    load from other processes on a shared machine does not decide the choice.
+    """
+    best_ms = [float("inf")] * len(candidates)
+    for _ in range(runs):
+        for i, engine in enumerate(candidates):
+            start = time.perf_counter()
+            engine(x)
+            best_ms[i] = min(best_ms[i], (time.perf_counter() - start) * 1000)
+    winner = min(range(len(candidates)), key=best_ms.__getitem__)
+    measured = ", ".join(f"{e.label} {ms:.0f} ms" for e, ms in zip(candidates, best_ms))
     size = f"{x.shape[3]}x{x.shape[2]}"
     reason = (
-        f"auto: {best.label} was fastest at load ({measured}; median of {runs} at {size}, "
-        f"{torch.get_num_threads()} threads)"
+        f"auto: {candidates[winner].label} was fastest at load ({measured}; best of {runs} "
+        f"interleaved runs at {size}, {torch.get_num_threads()} threads)"
     )
-    return best, reason
+    return candidates[winner], reason
