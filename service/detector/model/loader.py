@@ -194,9 +194,10 @@ def load_detector(
     else:
         chosen, reason = choose(candidates, x)
     if chosen.name == "torch":
-        reason += f"; bf16 {'on: CPU flag ' + flag if chosen.precision == 'bf16' else 'off'}"
-        if chosen.precision == "bf16" and not flag:
-            reason += " (forced without a native bf16 CPU flag: slow)"
+        if chosen.precision == "fp32":
+            reason += f"; fp32 ({'bf16 not requested' if flag else 'no amx_bf16/avx512_bf16'})"
+        else:
+            reason += f"; bf16 convolutions (CPU flag {flag or 'missing: emulated, slow'})"
     candidates.clear()
     detector = Detector(
         name or cfg_path.stem,
