@@ -6,14 +6,15 @@ same config as the app (DETECTOR_CONFIG + DETECTOR_* overrides), so the unit fil
 
 Sizing rule (config.workers / config.worker_threads = 0 means "apply the rule"):
 - workers = min(CPUs, (available memory - 512 MB) / memory per worker), at least 1. A worker
-  holds one copy of the model: measured RSS about 400 MB with yolov3-tiny and about 1.1 GB
-  with yolov3 (torch CPU runtime included). CPU-bound inference gains nothing from more
-  processes than cores.
+  holds one copy of the model: measured peak RSS about 600 MB with yolov3-tiny (350 MB
+  steady; the peak is the engine choice at load, which runs torch and OpenCV once each) and
+  budgeted 1.5 GB for yolov3. CPU-bound inference gains nothing from more processes than cores.
 - threads per worker = 2 (gthread): one request runs inference while another is read,
   decoded or answered (health checks, /status_check, /metrics never wait behind a model call).
 - torch intra-op threads per worker = CPUs / workers (runtime.torch_threads), so workers
   never oversubscribe the cores.
-Measured on 2 cores with yolov3-tiny: see the README benchmark table (1x2 vs 2x1).
+Measured on 2 (shared) cores with yolov3-tiny, 4 clients: 2 workers beat 1 worker with two
+request threads by about 2x (bench/serving_bench.py; README benchmark table).
 
 Preload: off. torch's OpenMP/intra-op thread pools are not fork-safe (a pool created in the
 master hangs or misbehaves in forked children), and copy-on-write would not share the weights
@@ -37,8 +38,8 @@ from detector import config as _config
 from detector.runtime import cpu_count
 
 RESERVE_MB = 512
-WORKER_MEMORY_MB = {"yolov3-tiny": 400, "yolov3": 1100}
-DEFAULT_WORKER_MEMORY_MB = 1100
+WORKER_MEMORY_MB = {"yolov3-tiny": 600, "yolov3": 1500}
+DEFAULT_WORKER_MEMORY_MB = 1500
 DEFAULT_THREADS = 2
 ALLOW_PUBLIC_ENV = "DETECTOR_ALLOW_PUBLIC_BIND"
 _CREATED_METRICS_DIR = "_DETECTOR_CREATED_METRICS_DIR"
