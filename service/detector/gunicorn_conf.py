@@ -141,7 +141,7 @@ def on_starting(server) -> None:
 def when_ready(server) -> None:
     """Log where the service listens and how it is sized."""
     server.log.info(
-        "detector ready on %s: %d workers x %d threads",
+        "detector listening on %s: %d workers x %d threads (each loads the model first)",
         ", ".join(server.cfg.bind),
         server.cfg.workers,
         server.cfg.threads,

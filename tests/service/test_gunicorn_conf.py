@@ -1,0 +1,80 @@
+"""gunicorn sizing rule, loopback-only binding and `detector serve` refusing bad setups."""
+
+from __future__ import annotations
+
+import pytest
+from detector import gunicorn_conf
+from detector import server
+
+
+@pytest.mark.parametrize(
+    ("cores", "memory_mb", "model", "expected"),
+    [
+        (2, 16000, "yolov3-tiny", (2, 2)),  # CPU-bound: one worker per core
+        (8, 16000, "yolov3", (8, 2)),
+        (8, 4000, "yolov3", (2, 2)),  # memory-bound: (4000 - 512) // 1500
+        (4, 900, "yolov3", (1, 2)),  # never fewer than one worker
+        (16, 2000, "yolov3-tiny", (2, 2)),
+        (4, 8000, "custom-model", (4, 2)),
+    ],
+)
+def test_sizing_rule(cores, memory_mb, model, expected):
+    assert gunicorn_conf.size_workers(cores, memory_mb, model) == expected
+
+
+def test_explicit_sizes_win():
+    assert gunicorn_conf.size_workers(2, 16000, "yolov3-tiny", workers=3, threads=1) == (3, 1)
+
+
+def test_available_memory_is_positive():
+    assert gunicorn_conf.available_memory_mb() > 0
+
+
+@pytest.mark.parametrize(
+    "bind",
+    [
+        "127.0.0.1:5000",
+        "localhost:8000",
+        "[::1]:5000",
+        "127.0.1.1:80",
+        "unix:/run/detector/blue.sock",
+    ],
+)
+def test_loopback_and_unix_binds_are_accepted(bind):
+    gunicorn_conf.check_bind(bind)
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0:5000", "[::]:5000", "10.0.0.5:5000", ":5000"])
+def test_public_binds_are_refused_unless_allowed(bind):
+    with pytest.raises(ValueError, match="--allow-public"):
+        gunicorn_conf.check_bind(bind)
+    gunicorn_conf.check_bind(bind, allow_public=True)
+
+
+def test_the_settings_keep_the_documented_choices():
+    assert gunicorn_conf.preload_app is False
+    assert gunicorn_conf.timeout > 25  # above the page's client timeout
+    assert gunicorn_conf.graceful_timeout > 0
+    assert gunicorn_conf.max_requests > 0 and gunicorn_conf.max_requests_jitter > 0
+    assert gunicorn_conf.worker_class == "gthread"
+    assert "rid=%({x-request-id}o)s" in gunicorn_conf.access_log_format
+    assert "%(M)sms" in gunicorn_conf.access_log_format
+
+
+@pytest.fixture
+def serve_env(monkeypatch, tmp_path):
+    """Isolate the DETECTOR_* variables `detector serve` exports (restored after the test)."""
+    for name in ("BIND", "WORKERS", "WORKER_THREADS", "CONFIG", "ALLOW_PUBLIC_BIND"):
+        monkeypatch.setenv(f"DETECTOR_{name}", "")
+        monkeypatch.delenv(f"DETECTOR_{name}")
+    monkeypatch.setenv("DETECTOR_WEIGHTS_DIR", str(tmp_path))
+
+
+def test_serve_refuses_a_public_bind(serve_env, capsys):
+    assert server.main(["--bind", "0.0.0.0:5000"]) == 2
+    assert "--allow-public" in capsys.readouterr().err
+
+
+def test_serve_refuses_missing_weights_before_forking(serve_env, capsys):
+    assert server.main(["--bind", "127.0.0.1:1"]) == 2
+    assert "fetch-weights" in capsys.readouterr().err
