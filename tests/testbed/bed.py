@@ -22,6 +22,7 @@ from .inventory import write_inventory
 from .paths import CACHE_DIR
 from .paths import STATE_ROOT
 from .rootfs import DEFAULT_PACKAGES
+from .rootfs import ensure_base
 from .rootfs import ensure_rootfs
 
 
@@ -155,12 +156,14 @@ class Testbed:
         """Boot count more fresh hosts from the cached rootfs; return them once ssh works."""
         if count <= 0:
             return []
-        tarball = ensure_rootfs(self.suite, DEFAULT_PACKAGES, CACHE_DIR, self.log)
+        base = ensure_base(
+            ensure_rootfs(self.suite, DEFAULT_PACKAGES, CACHE_DIR, self.log), self.log
+        )
         first = max((h.index for h in self.hosts), default=0) + 1
         new = []
         for index in range(first, first + count):
             host = hostlib.prepare(
-                self.dir, self.id, index, tarball, Path(self.key_path), self.gateway, acme.DOMAIN
+                self.dir, self.id, index, base, Path(self.key_path), self.gateway, acme.DOMAIN
             )
             new.append(host)
             self.hosts.append(host)
@@ -187,6 +190,7 @@ class Testbed:
         marks.append(time.monotonic())
         for host_dir in sorted((self.dir / "hosts").glob("*/rootfs")):
             hostlib.kill_leftovers(str(host_dir))
+            hostlib.unmount(str(host_dir))
         network.delete_links(self.id)
         marks.append(time.monotonic())
         if self.dir.is_dir():

@@ -16,7 +16,6 @@ from pathlib import Path
 from . import network
 from .processes import ProcessTable
 from .rootfs import ADMIN_USER
-from .rootfs import extract
 
 READY_STATES = ("running", "degraded")
 
@@ -89,16 +88,17 @@ def prepare(
     bed_dir: Path,
     bed_id: int,
     index: int,
-    tarball: Path,
+    base: Path,
     key_path: Path,
     dns_server: str,
     domain: str,
 ) -> Host:
-    """Extract a fresh rootfs for host number index and give it its identity and address."""
+    """Give host number index a fresh rootfs (an overlay on base), its identity and address."""
     name = f"host{index}"
     machine = f"{network.bridge_name(bed_id)}-{name}"
-    root = bed_dir / "hosts" / name / "rootfs"
-    extract(tarball, root)
+    host_dir = bed_dir / "hosts" / name
+    root = host_dir / "rootfs"
+    mount_overlay(base, host_dir)
     address = network.host_address(bed_id, index)
     prefix = network.subnet(bed_id).prefixlen
     etc = root / "etc"
@@ -130,6 +130,25 @@ def prepare(
     for path in (sshdir, keys):
         os.chown(path, uid, gid)
     return Host(name, machine, address, ADMIN_USER, str(key_path), str(root), index)
+
+
+def mount_overlay(base: Path, host_dir: Path) -> Path:
+    """Mount host_dir/rootfs as an overlay: base read-only below, host_dir/upper for changes."""
+    for sub in ("upper", "work", "rootfs"):
+        (host_dir / sub).mkdir(parents=True, exist_ok=True)
+    options = f"lowerdir={base},upperdir={host_dir / 'upper'},workdir={host_dir / 'work'}"
+    subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", options, str(host_dir / "rootfs")], check=True
+    )
+    return host_dir / "rootfs"
+
+
+def unmount(root: str) -> None:
+    """Unmount a host's overlay rootfs (lazily if something still holds it)."""
+    if os.path.ismount(root):
+        result = subprocess.run(["umount", root], check=False, capture_output=True)
+        if result.returncode != 0:
+            subprocess.run(["umount", "-l", root], check=False, capture_output=True)
 
 
 def _ids(root: Path, user: str) -> tuple[int, int]:

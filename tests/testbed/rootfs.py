@@ -168,6 +168,28 @@ def customise(root: Path) -> None:
         deb.unlink()
 
 
+def ensure_base(tarball: Path, log: Callable[[str], None] = print) -> Path:
+    """Return the read-only tree extracted from a verified tarball (the hosts' overlay lower dir).
+
+    The tree sits next to the tarball; a marker file beside it holds the tarball's sha256, so a
+    rebuilt tarball gets a fresh tree. Hosts never write to it: each host writes to its own upper
+    dir, so a bare host costs no copy and deleting one deletes only what it changed.
+    """
+    base = tarball.with_name(tarball.name.removesuffix(".tar.zst"))
+    marker = base.with_name(base.name + ".extracted")
+    sidecar = tarball.with_name(tarball.name + ".sha256")
+    expected = sidecar.read_text().split()[0]
+    with file_lock(base.with_name(base.name + ".lock")):
+        if base.is_dir() and marker.is_file() and marker.read_text().strip() == expected:
+            return base
+        log(f"rootfs: extracting {tarball.name} for the hosts' overlay")
+        marker.unlink(missing_ok=True)
+        remove_tree(base)
+        extract(tarball, base)
+        marker.write_text(expected + "\n")
+    return base
+
+
 def extract(tarball: Path, dest: Path) -> None:
     """Extract a cached rootfs tarball into an empty directory dest."""
     dest.mkdir(parents=True, exist_ok=False)
