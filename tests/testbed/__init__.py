@@ -40,7 +40,8 @@ Inventory variables (group_vars/testbed.yml; a real VM has internet and leaves t
 
 Bed ``<id>`` (0..15) owns bridge ``dtb<id>`` with 10.77.<id>.1/24, hosts at 10.77.<id>.11+,
 nspawn machines ``dtb<id>-hostN``, state in /var/lib/detector-testbed/<id>/; the rootfs and wheel
-caches live in /var/cache/detector-testbed/. Every service listens on 10.77.<id>.1 only.
+caches live in /var/cache/detector-testbed/ (each host's / is an overlay on the extracted rootfs,
+its changes in hosts/<name>/upper). Every service listens on 10.77.<id>.1 only.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Prepare a host's rootfs copy, boot it with systemd-nspawn on the bridge, reach it by ssh."""
+"""Give a host an overlay rootfs, boot it with systemd-nspawn on the bridge, reach it by ssh."""
 
 from __future__ import annotations
 

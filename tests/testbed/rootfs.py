@@ -1,4 +1,4 @@
-"""Debootstrap a minimal Debian rootfs once, cache it as a verified tarball, extract copies."""
+"""Debootstrap a minimal Debian rootfs once; cache it as a verified tarball and extracted tree."""
 
 from __future__ import annotations
 
