@@ -325,9 +325,18 @@ def bed_ids() -> list[int]:
 
 
 def live_owner(bed_id: int) -> int | None:
-    """Return the PID of the running process (a pytest session) that owns bed bed_id, if any."""
+    """Return the PID of the running process (a pytest session) that owns bed bed_id, if any.
+
+    A bed being allocated right now (state dir younger than a minute, no bed.json yet) counts
+    as owned (PID -1), so ``down`` never pulls a bed from under a session that is starting.
+    """
+    state = STATE_ROOT / str(bed_id)
+    path = state / "bed.json"
+    with contextlib.suppress(OSError):
+        if not path.exists() and time.time() - state.stat().st_mtime < 60:
+            return -1
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-        owner = json.loads((STATE_ROOT / str(bed_id) / "bed.json").read_text()).get("owner")
+        owner = json.loads(path.read_text()).get("owner")
         if owner and processes.start_time(owner["pid"]) == owner["start_time"]:
             return owner["pid"]
     return None
