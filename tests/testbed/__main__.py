@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         for bed_id in ids:
             owner = live_owner(bed_id)
             if owner is not None and not args.force:
+                who = "a session starting now" if owner < 0 else f"running process {owner}"
                 print(
-                    f"testbed {bed_id}: left up, it belongs to running process {owner} "
+                    f"testbed {bed_id}: left up, it belongs to {who} "
                     "(a pytest session tears its bed down itself); add --force to take it down"
                 )
                 continue
