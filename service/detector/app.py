@@ -96,6 +96,7 @@ def _register_request_hooks(app: Flask) -> None:
         response.headers["X-Request-ID"] = g.get("request_id", "")
         response.headers["X-Detector-Release"] = release
         response.headers["X-Detector-Host"] = host
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
         started = g.get("started")
         if started is not None:
             rule = request.url_rule.rule if request.url_rule else "unmatched"

@@ -117,3 +117,30 @@ def test_unknown_path_and_wrong_method_are_json(client):
     assert missing.status_code == 404 and "error" in missing.get_json()
     wrong = client.get("/api/v1/detect")
     assert wrong.status_code == 405 and "POST" in wrong.get_json()["error"]
+
+
+def test_factory_reads_detector_config_and_environment(tmp_path, monkeypatch):
+    toml = tmp_path / "detector.toml"
+    toml.write_text(
+        'release = "from-toml"\nmax_upload_bytes = 1234\ncors_origins = ["https://a.example"]\n'
+    )
+    monkeypatch.setenv("DETECTOR_CONFIG", str(toml))
+    monkeypatch.setenv("DETECTOR_RELEASE", "from-env")
+    app = create_app()
+    assert app.config["MAX_CONTENT_LENGTH"] == 1234
+    assert app.config["DETECTOR_RELEASE"] == "from-env"
+    assert app.config["DETECTOR"].cors_origins == ("https://a.example",)
+
+
+def test_factory_takes_a_config_object():
+    app = create_app(config_module.Config(release="obj", max_upload_bytes=99))
+    assert (app.config["DETECTOR_RELEASE"], app.config["MAX_CONTENT_LENGTH"]) == ("obj", 99)
+
+
+def test_factory_rejects_unknown_settings():
+    with pytest.raises(config_module.ConfigError, match="unknown setting"):
+        create_app({"no_such_setting": 1})
+
+
+def test_responses_are_not_sniffed(client):
+    assert client.get("/healthz").headers["X-Content-Type-Options"] == "nosniff"
