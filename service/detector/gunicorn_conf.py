@@ -13,8 +13,10 @@ Sizing rule (config.workers / config.worker_threads = 0 means "apply the rule"):
   decoded or answered (health checks, /status_check, /metrics never wait behind a model call).
 - torch intra-op threads per worker = CPUs / workers (runtime.torch_threads), so workers
   never oversubscribe the cores.
-Measured on 2 (shared) cores with yolov3-tiny, 4 clients: 2 workers beat 1 worker with two
-request threads by about 2x (bench/serving_bench.py; README benchmark table).
+Measured on 2 (shared) cores with yolov3-tiny, 4 clients: 2 workers x 1 thread beat 1 worker x
+2 threads by 1.5-3x (bench/serving_bench.py): the OpenCV engine runs one forward pass at a time
+per process (cv2.dnn.Net is not thread-safe) and post-processing holds the GIL, so inference
+parallelism comes from workers; the second thread only keeps light requests from queueing.
 
 Preload: off. torch's OpenMP/intra-op thread pools are not fork-safe (a pool created in the
 master hangs or misbehaves in forked children), and copy-on-write would not share the weights

@@ -31,9 +31,12 @@ class LiveServer:
         threads: int = 2,
         env: dict | None = None,
         log_path: Path | None = None,
+        uds: Path | None = None,
     ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.uds = uds
+        self.port = 0 if uds else free_port()
+        self.bind = f"unix:{uds}" if uds else f"127.0.0.1:{self.port}"
+        self.url = "http://detector.local" if uds else f"http://127.0.0.1:{self.port}"
         self.workers = workers
         self.threads = threads
         self.env = dict(env or {})
@@ -51,7 +54,7 @@ class LiveServer:
             str(Path(sys.executable).parent / "detector"),
             "serve",
             "--bind",
-            f"127.0.0.1:{self.port}",
+            self.bind,
             "--workers",
             str(self.workers),
             "--threads",
@@ -66,19 +69,37 @@ class LiveServer:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()  # never leave a server behind, whatever went wrong
+            raise
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Poll /readyz until 200, the process exits, or the timeout passes."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"detector serve exited with {self.process.returncode}")
+            if self.uds and not self.uds.exists():
+                time.sleep(0.3)  # httpcore leaks the socket of a failed unix connect
+                continue
             try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                with self.client() as client:
+                    ready = client.get(self.url + "/readyz", timeout=2).status_code == 200
+                if ready:
                     time.sleep(0.5 * self.workers)  # let the other workers finish warming up
-                    return self
+                    return
             except httpx.TransportError:
                 pass
             time.sleep(0.3)
-        self.stop()
         raise RuntimeError(f"detector serve not ready on {self.url} after {timeout:.0f} s")
+
+    def client(self, timeout: float = 60) -> httpx.Client:
+        """An HTTP client that reaches this server (over its unix socket if it has one)."""
+        transport = httpx.HTTPTransport(uds=str(self.uds)) if self.uds else None
+        return httpx.Client(transport=transport, timeout=timeout)
 
     @property
     def pid(self) -> int:

@@ -115,3 +115,20 @@ def test_access_log_has_request_id_and_latency(server):
     httpx.get(server.url + "/healthz", headers={"X-Request-ID": "log-probe-42"}, timeout=10)
     log = (ARTIFACTS / "live-server.log").read_text()
     assert re.search(r'"GET /healthz HTTP/1.1" 200 \d+B \d+ms rid=log-probe-42', log)
+
+
+def test_unix_socket_bind_serves_and_cleans_up(tmp_path):
+    require_weights()
+    socket_path = tmp_path / "blue.sock"
+    live = LiveServer(workers=1, threads=2, uds=socket_path).start()
+    try:
+        with live.client() as client:
+            response = client.post(
+                live.url + "/api/v1/detect",
+                files={"file": ("c.jpg", jpeg_bytes(sample_image("coffee")))},
+            )
+        assert response.status_code == 200
+        assert "cup" in {d["label"] for d in response.json()["detections"]}
+    finally:
+        live.stop()
+    assert not socket_path.exists()
