@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import ROOT
 from conftest import SHARED_TESTDATA
 from conftest import require_weights
+from PIL import Image
 from svc_helpers import jpeg_bytes
 from svc_helpers import sample_image
 from svc_live import LiveServer
@@ -143,10 +146,64 @@ def test_sample_photo_in_the_browser_is_resized_to_1280(browser, server, tmp_pat
     check_offline_after_stop(browser, server, "browser-coffee-offline.png")
 
 
-def test_a_text_file_gets_a_clear_message(browser, server, tmp_path):
-    path = tmp_path / "notes.txt"
-    path.write_text("not an image\n")
-    shown = upload(browser, server, path)
+@pytest.fixture
+def small_limit_server():
+    """A live server that refuses uploads over 300 kB."""
+    require_weights()
+    ARTIFACTS.mkdir(exist_ok=True)
+    live = LiveServer(
+        workers=1,
+        threads=2,
+        env={"DETECTOR_MAX_UPLOAD_BYTES": "300000"},
+        log_path=ARTIFACTS / "browser-limit-server.log",
+    ).start()
+    yield live
+    live.stop()
+
+
+def test_errors_get_clear_messages(browser, small_limit_server, tmp_path):
+    server = small_limit_server
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image\n")
+    shown = upload(browser, server, text)
     assert "not an image" in shown["error"]
     assert shown["state"] != "result"
     browser.save_screenshot(str(ARTIFACTS / "browser-error.png"))
+
+    noise = Image.fromarray(np.random.default_rng(1).integers(0, 255, (900, 900, 3), np.uint8))
+    big = tmp_path / "noise.png"
+    noise.save(big)  # under 1280 px: sent as is, about 2.4 MB
+    shown = upload(browser, server, big)
+    assert "too large" in shown["error"]
+
+    server.stop()
+    from selenium.webdriver.common.by import By
+
+    browser.find_element(By.ID, "file-input").send_keys(str(text))
+    error = browser.find_element(By.ID, "error")
+    wait_for(browser, lambda d: "offline or unreachable" in error.text, 20, "offline message")
+
+
+def test_drag_and_drop_uploads(browser, server):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server.url + "/")
+    payload = base64.b64encode(jpeg_bytes(sample_image("coffee"))).decode()
+    browser.execute_script(
+        """
+        const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], "coffee.jpg", {type: "image/jpeg"}));
+        const zone = document.getElementById("drop-zone");
+        zone.dispatchEvent(new DragEvent("dragover", {dataTransfer: transfer, bubbles: true}));
+        zone.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true}));
+        """,
+        payload,
+    )
+    preview = browser.find_element(By.ID, "preview")
+    wait_for(browser, lambda d: preview.get_attribute("data-state") == "result", 60, "result")
+    labels = [
+        li.get_attribute("data-label")
+        for li in browser.find_elements(By.CSS_SELECTOR, "#detections li.detection")
+    ]
+    assert "cup" in labels
