@@ -160,3 +160,13 @@ def test_box_iou():
     b = torch.tensor([[1.0, 1.0, 3.0, 3.0], [5.0, 5.0, 6.0, 6.0]])
     assert box_iou(a, b).tolist() == [[pytest.approx(1 / 7), 0.0]]
     assert np.isclose(box_iou(a, a).item(), 1.0)
+
+
+def test_decode_threshold_keeps_exactly_the_rows_above_it():
+    g = torch.Generator().manual_seed(0)
+    heads = [HeadSpec(((10.0, 14.0), (23.0, 27.0)), 3), HeadSpec(((5.0, 5.0), (8.0, 9.0)), 3)]
+    maps = [torch.randn(1, 16, 4, 6, generator=g) * 2, torch.randn(1, 16, 8, 12, generator=g) * 2]
+    full = decode(maps, heads, 192, 128)
+    kept = decode(maps, heads, 192, 128, threshold=0.6)
+    assert 0 < len(kept) < len(full)
+    assert torch.allclose(kept, full[full[:, 4] > 0.6])

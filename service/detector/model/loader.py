@@ -83,7 +83,7 @@ class Detector:
         prepared = time.perf_counter()
         maps = self._engine(x)
         inferred = time.perf_counter()
-        rows = decode(maps, self.heads, net_w, net_h)
+        rows = decode(maps, self.heads, net_w, net_h, self.threshold)
         result = postprocess(rows, box, self.threshold, self.nms_threshold, original_size)
         detections = [
             Detection(self.class_names[c], c, s, (x1, y1, x2, y2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,29 +25,40 @@ class HeadSpec:
 
 
 def decode(
-    maps: Sequence[torch.Tensor], heads: Sequence[HeadSpec], net_w: int, net_h: int
+    maps: Sequence[torch.Tensor],
+    heads: Sequence[HeadSpec],
+    net_w: int,
+    net_h: int,
+    threshold: float | None = None,
 ) -> torch.Tensor:
     """Turn raw head maps (1 x A*(5+C) x H x W) into rows [cx, cy, w, h, obj, cls...].
 
     Boxes are in network-input pixels. As darknet's yolo layer: x = (sigmoid(tx) + col) / W,
     w = exp(tw) * anchor_w / net_w, objectness and class probabilities are sigmoids.
+    Rows are ordered by head, anchor, grid row, grid column.
+    :param threshold: drop rows whose objectness is not above it (their score obj x cls cannot
+        be either); the test runs on logits, so only the survivors are decoded.
     """
     rows = []
     for raw, head in zip(maps, heads):
         _, channels, h, w = raw.shape
         a = len(head.anchors)
-        p = raw.float().view(a, channels // a, h, w).permute(0, 2, 3, 1)  # A x H x W x (5+C)
-        xy = torch.sigmoid(p[..., 0:2])
+        p = raw.float().reshape(a, channels // a, h * w).transpose(1, 2)  # A x HW x (5+C)
+        if threshold is None:
+            anchor = torch.arange(a).repeat_interleave(h * w)
+            cell = torch.arange(h * w).repeat(a)
+            p = p.reshape(-1, channels // a)
+        else:
+            logit = math.log(threshold / (1 - threshold)) if 0 < threshold < 1 else -math.inf
+            anchor, cell = torch.nonzero(p[:, :, 4] > logit, as_tuple=True)
+            p = p[anchor, cell]
+        xy = torch.sigmoid(p[:, 0:2])
         if head.scale_x_y != 1.0:
             xy = xy * head.scale_x_y - (head.scale_x_y - 1.0) / 2
-        gy, gx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        grid = torch.stack((gx, gy), -1).to(xy.dtype)  # H x W x 2 (col, row)
-        stride = torch.tensor([net_w / w, net_h / h])
-        centres = (xy + grid) * stride
-        anchors = torch.tensor(head.anchors, dtype=torch.float32).view(a, 1, 1, 2)
-        sizes = torch.exp(p[..., 2:4]) * anchors
-        rest = torch.sigmoid(p[..., 4:])
-        rows.append(torch.cat((centres, sizes, rest), -1).reshape(-1, channels // a))
+        grid = torch.stack((cell % w, torch.div(cell, w, rounding_mode="floor")), 1)
+        centres = (xy + grid) * torch.tensor([net_w / w, net_h / h])
+        sizes = torch.exp(p[:, 2:4]) * torch.tensor(head.anchors, dtype=torch.float32)[anchor]
+        rows.append(torch.cat((centres, sizes, torch.sigmoid(p[:, 4:])), 1))
     return torch.cat(rows, 0)
 
 
