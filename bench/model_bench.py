@@ -270,7 +270,7 @@ def _run_worker(spec: dict, timeout: float) -> dict:
 
 def render(results: list[dict], header: list[str]) -> str:
     """Return the markdown report: header lines, then one table."""
-    lines = [*header, ""]
+    lines = [f"- {line}" for line in header] + [""]
     lines.append(
         "| model | implementation | engine | load s | forward ms | 1 MP e2e ms | 1 MP e2e CPU ms "
         "| 12 MP e2e CPU ms | 12 MP − 1 MP CPU ms | CPU vs OpenCV DNN | peak RSS MB |"
