@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import openmp  # noqa: F401  (must precede every torch import)
 from .cfg import CfgError
 from .loader import Detector
 from .loader import load_detector

@@ -14,7 +14,7 @@ from .cfg import ModelCfg
 from .darknet import Darknet
 
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # CPUs with native bf16 dot products
-AUTO_RUNS = 3  # timed runs per engine at load, after one warm-up run each
+AUTO_MIN_RUNS, AUTO_MAX_RUNS, AUTO_BUDGET_S = 3, 9, 2.0  # timed runs per engine at load
 
 
 def cpu_flags() -> set[str]:
@@ -93,23 +93,29 @@ class OpenCVEngine:
         return [torch.from_numpy(np.array(m)) for m in maps]
 
 
-def choose(candidates: list, x: torch.Tensor, runs: int = AUTO_RUNS) -> tuple[object, str]:
+def choose(candidates: list, x: torch.Tensor) -> tuple[object, str]:
     """Time the warmed-up candidates on `x` and return the fastest with the reason, in words.
 
     Runs are interleaved (A, B, A, B, ...) and each engine keeps its best time, so a burst of
-    load from other processes on a shared machine does not decide the choice.
+    load from other processes on a shared machine does not decide the choice: at least
+    AUTO_MIN_RUNS rounds, more (up to AUTO_MAX_RUNS) while within AUTO_BUDGET_S.
     """
     best_ms = [float("inf")] * len(candidates)
-    for _ in range(runs):
+    started = time.perf_counter()
+    rounds = 0
+    while rounds < AUTO_MIN_RUNS or (
+        rounds < AUTO_MAX_RUNS and time.perf_counter() - started < AUTO_BUDGET_S
+    ):
         for i, engine in enumerate(candidates):
             start = time.perf_counter()
             engine(x)
             best_ms[i] = min(best_ms[i], (time.perf_counter() - start) * 1000)
+        rounds += 1
     winner = min(range(len(candidates)), key=best_ms.__getitem__)
     measured = ", ".join(f"{e.label} {ms:.0f} ms" for e, ms in zip(candidates, best_ms))
     size = f"{x.shape[3]}x{x.shape[2]}"
     reason = (
-        f"auto: {candidates[winner].label} was fastest at load ({measured}; best of {runs} "
+        f"auto: {candidates[winner].label} was fastest at load ({measured}; best of {rounds} "
         f"interleaved runs at {size}, {torch.get_num_threads()} threads)"
     )
     return candidates[winner], reason

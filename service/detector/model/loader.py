@@ -30,6 +30,7 @@ from .weights import read_header
 log = logging.getLogger(__name__)
 ENGINES = ("auto", "torch", "opencv")
 PRECISIONS = ("auto", "fp32", "bf16")
+WARMUP_RUNS = 2
 
 
 class Detector:
@@ -187,7 +188,8 @@ def load_detector(
         candidates.append(OpenCVEngine(cfg, cfg_path, weights_path))
     x, _ = letterbox(Image.new("RGB", input_shape, (127, 127, 127)), *input_shape)
     for candidate in candidates:
-        candidate(x)  # warm-up: first runs allocate and pick kernels
+        for _ in range(WARMUP_RUNS):  # first runs allocate, create and cache kernels
+            candidate(x)
     if len(candidates) == 1:
         chosen = candidates[0]
         reason = f"{chosen.label} as configured (engine={engine})"
