@@ -236,3 +236,18 @@ def test_rendered_sudoers_grants_only_the_contract_commands(rendered: Path):
     renew = (rendered / "renew.service").read_text()
     assert "Environment=REQUESTS_CA_BUNDLE=" in renew
     assert "--no-random-sleep-on-renew" in renew and "$DETECTOR_CERTBOT_EXTRA_ARGS" in renew
+
+
+def test_pip_missing_filter_compares_freeze_with_pins():
+    path = ANSIBLE / "filter_plugins" / "requirements.py"
+    spec = importlib.util.spec_from_file_location("requirements_filter", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    freeze = "Flask==3.1.3\ntorch==2.13.0+cpu\nprometheus_client==0.26.0\n"
+    pins = ["# comment", "flask==3.1.3", "prometheus-client==0.26.0", "torch==2.13.0+cpu"]
+    assert module.pip_missing(freeze, pins) == []
+    assert module.pip_missing(freeze, ["flask==3.1.4", "numpy==2.4.6", "torch>=2"]) == [
+        "flask==3.1.4",
+        "numpy==2.4.6",
+    ]
+    assert module.pip_missing("", ["torch==2.13.0+cpu"]) == ["torch==2.13.0+cpu"]
