@@ -14,7 +14,7 @@ from .cfg import ModelCfg
 from .darknet import Darknet
 
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # CPUs with native bf16 dot products
-AUTO_MIN_RUNS, AUTO_MAX_RUNS, AUTO_BUDGET_S = 3, 9, 2.0  # timed runs per engine at load
+AUTO_MIN_RUNS, AUTO_MAX_RUNS, AUTO_BUDGET_S = 3, 9, 4.0  # timed runs per engine at load
 
 
 def cpu_flags() -> set[str]:
