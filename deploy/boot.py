@@ -33,9 +33,12 @@ def boot(c: Connection, host: Host, rid: str) -> str:
             switch.start_color(c, host, idle)
         with step(host, f"smoke check {idle_unit} on its socket"):
             say(host, "smoke: " + health.smoke_color(c, host, idle, image))
-    except BaseException:
+    except BaseException as exc:
         switch.stop_color(c, host, idle)
-        raise
+        serving = switch.release_of(previous) or "nothing"
+        raise DeployError(
+            f"{rid} refused on {host.name} before any switch: {exc}; still serving {serving}"
+        ) from None
     try:
         with step(host, f"switch current and nginx to {idle}"):
             switch.point(c, rel, host.current_link)
@@ -76,8 +79,14 @@ def _switch_back(c: Connection, host: Host, live: str, previous: str, idle: str)
 def deploy(c: Connection, host: Host, art: release.Artifact, rid: str) -> None:
     """Install, boot, prune: one host's part of `fab deploy` (the caller holds the lock)."""
     started = time.monotonic()
-    with step(host, f"install {rid} ({art.wheel.name})"):
-        rel = release.install(c, host, art, rid)
+    try:
+        with step(host, f"install {rid} ({art.wheel.name})"):
+            rel = release.install(c, host, art, rid)
+    except DeployError as exc:
+        serving = switch.release_of(switch.target_of(c, host.current_link)) or "nothing"
+        raise DeployError(
+            f"{rid} not installed on {host.name}: {exc}; still serving {serving}"
+        ) from None
     try:
         boot(c, host, rid)
     except DeployError:

@@ -74,8 +74,10 @@ def run(c: Connection, argv_or_cmd, timeout: int = DEFAULT_TIMEOUT, warn: bool =
     except UnexpectedExit as exc:
         res = exc.result
         detail = (res.stderr or res.stdout).strip().splitlines()[-3:]
+        shown = commands.shell(argv)
+        shown = shown if len(shown) <= 120 else shown[:117] + "..."
         raise DeployError(
-            f"{c.host}: `{cmd}` exited {res.exited}: {' | '.join(detail) or 'no output'}"
+            f"{c.host}: `{shown}` exited {res.exited}: {' | '.join(detail) or 'no output'}"
         ) from None
 
 
