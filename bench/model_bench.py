@@ -14,6 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
+# Before anything imports torch (this module's rows, random_weights, the header): detector.model
+# sets OMP_WAIT_POLICY=PASSIVE, which libgomp reads only once, when torch loads.
+from detector.model import openmp
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "service" / "detector" / "data"
 FLAGS_SHOWN = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
@@ -222,6 +226,8 @@ def peak_rss_mb() -> int:
 
 def worker(spec: dict) -> dict:
     """Load one row's pipeline, warm up, time it on both JPEGs, report medians and peak RSS."""
+    if openmp.TORCH_LOADED_FIRST:
+        raise RuntimeError("torch was imported before detector.model: OMP_WAIT_POLICY not set")
     started = time.perf_counter()
     reason = ""
     row = spec["row"]
@@ -327,6 +333,7 @@ def main(argv: list[str] | None = None) -> str:
         f"CPU: {cpu_model()}, {os.cpu_count()} logical cores; flags: "
         + (", ".join(f for f in FLAGS_SHOWN if f in flags) or "none of " + ", ".join(FLAGS_SHOWN)),
         f"torch {torch.__version__}, OpenCV {cv2.__version__}, {args.threads} threads, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
         f"median of {args.runs} runs (1 MP) and {args.runs_12mp} (12 MP) after {args.warmup} "
         "warm-up; load average at start " + " ".join(f"{v:.1f}" for v in os.getloadavg()),
         "e2e = JPEG bytes → decode (JPEG draft for this project) → letterbox → forward → "

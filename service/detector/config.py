@@ -17,6 +17,7 @@ else:  # pragma: no cover - Python 3.9/3.10 targets
 ENV_PREFIX = "DETECTOR_"
 CONFIG_ENV = "DETECTOR_CONFIG"
 ENGINES = ("auto", "torch", "opencv")
+PRECISIONS = ("auto", "fp32", "bf16")  # torch engine; auto = bf16 where the CPU has it natively
 
 
 class ConfigError(ValueError):
@@ -30,7 +31,8 @@ class Config:
     model: str = "yolov3-tiny"
     size: int = 0  # network input size; 0 = take it from the cfg
     engine: str = "auto"
-    threads: int = 0  # torch/OpenCV threads per process; 0 = cores / workers
+    precision: str = "auto"  # torch engine: fp32, bf16, or auto (bf16 on amx/avx512_bf16 CPUs)
+    threads: int = 0  # torch/OpenCV threads per process; 0 = cores / workers, at least 1
     threshold: float = 0.25
     nms_threshold: float = 0.45
     weights_dir: str = "weights"
@@ -49,6 +51,14 @@ class Config:
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
+        if self.threads < 0:
+            raise ConfigError(
+                f"threads must be 0 (cores / workers) or positive, got {self.threads}"
+            )
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"threshold must be between 0 and 1, got {self.threshold}")
         if not 0.0 < self.nms_threshold <= 1.0:

@@ -28,12 +28,20 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def worker_count(config: Config) -> int:
+    """Return the processes that load the model on this machine: config.workers, else 1.
+
+    Under gunicorn config.workers is never 0 here: gunicorn_conf exports the sized worker count
+    as DETECTOR_WORKERS before forking, and each worker reads its config after the fork.
+    """
+    return config.workers or 1
+
+
 def torch_threads(config: Config) -> int:
-    """Return the intra-op threads per process: config.threads, else cores / workers."""
+    """Return the intra-op threads per process: config.threads, else max(1, cores // workers)."""
     if config.threads:
         return config.threads
-    workers = config.workers or 1
-    return max(1, cpu_count() // workers)
+    return max(1, cpu_count() // worker_count(config))
 
 
 class ModelHolder:
@@ -78,6 +86,8 @@ class ModelHolder:
             str(spec.names),
             spec.name,
             cfg.engine,
+            cfg.precision,
+            worker_count(cfg),
             cfg.size,
             threads,
             cfg.threshold,
@@ -92,6 +102,8 @@ class ModelHolder:
                     spec.weights,
                     spec.names,
                     engine=cfg.engine,
+                    precision=cfg.precision,
+                    workers=worker_count(cfg),
                     size=cfg.size,
                     threads=threads,
                     threshold=cfg.threshold,
@@ -99,11 +111,13 @@ class ModelHolder:
                     name=spec.name,
                 )
                 log.info(
-                    "loaded %s (%s engine, %d threads) in %.0f ms",
+                    "loaded %s (%s engine, %s, %d threads) in %.0f ms: %s",
                     spec.name,
                     detector.engine,
+                    detector.precision,
                     threads,
                     (time.perf_counter() - started) * 1000,
+                    detector.engine_reason,
                 )
                 _CACHE[key] = detector
         started = time.perf_counter()

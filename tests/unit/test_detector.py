@@ -17,10 +17,14 @@ from PIL import Image
 
 
 def test_auto_chooses_a_measured_engine(tiny_weights):
-    detector = load_detector(TINY_CFG, tiny_weights, COCO_NAMES, threads=2)
+    # fp32 pinned: no CPU flag decides it, and 64 GB hold one OpenCV worker, so both are timed.
+    detector = load_detector(
+        TINY_CFG, tiny_weights, COCO_NAMES, threads=2, precision="fp32", memory_mb=64_000
+    )
     assert detector.engine in ("torch", "opencv")
     reason = detector.engine_reason
-    assert reason.startswith("auto: ") and "opencv" in reason and "torch-" in reason
+    assert reason.startswith("auto: ") and "opencv" in reason and "torch-fp32" in reason
+    assert "memory fits" in reason
     assert detector.name == "yolov3-tiny" and detector.input_size == 416
     assert len(detector.class_names) == 80 and detector.class_names[0] == "person"
 

@@ -90,6 +90,21 @@ class ConvBlock(nn.Module):
         fused.bias.copy_(shift)
         self.conv, self.bn = fused, None
 
+    def set_conv(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Replace conv and batch norm by a conv with these (already fused) parameters, no copy."""
+        conv = self.conv
+        fused = nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            device="meta",  # no allocation, no random init: the parameters are replaced below
+        )
+        fused.weight = nn.Parameter(weight, requires_grad=False)
+        fused.bias = nn.Parameter(bias, requires_grad=False)
+        self.conv, self.bn = fused, None
+
 
 class MaxPool(nn.Module):
     """[maxpool] with darknet's padding: `padding // 2` before, the rest after, padded with -inf."""
@@ -202,13 +217,19 @@ class Darknet(nn.Module):
             modules.append(module)
             channels.append(c_out)
         self.module_list = nn.ModuleList(modules)
-        # Keep only outputs a later route/shortcut reads; the others are dropped at once.
+        # Keep only outputs a later route/shortcut reads, and only until its last reader ran.
         self.saved = set()
-        for spec in cfg.layers:
-            if isinstance(spec, Route):
-                self.saved.update(spec.layers)
-            elif isinstance(spec, Shortcut):
-                self.saved.add(spec.source)
+        last_reader: dict[int, int] = {}
+        for index, spec in enumerate(cfg.layers):
+            sources = spec.layers if isinstance(spec, Route) else ()
+            if isinstance(spec, Shortcut):
+                sources = (spec.source,)
+            for source in sources:
+                self.saved.add(source)
+                last_reader[source] = index
+        self.release_after: dict[int, list[int]] = {}
+        for source, reader in last_reader.items():
+            self.release_after.setdefault(reader, []).append(source)
 
     def conv_blocks(self) -> list[ConvBlock]:
         """Return the conv blocks in weights-file order."""
@@ -232,4 +253,6 @@ class Darknet(nn.Module):
                 heads.append(x)
             if index in self.saved:
                 outputs[index] = x
+            for source in self.release_after.get(index, ()):
+                outputs[source] = None
         return heads

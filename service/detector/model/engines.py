@@ -14,7 +14,14 @@ from .cfg import ModelCfg
 from .darknet import Darknet
 
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # CPUs with native bf16 dot products
-AUTO_MIN_RUNS, AUTO_MAX_RUNS, AUTO_BUDGET_S = 3, 9, 4.0  # timed runs per engine at load
+# auto, when it has to measure: interleaved timed rounds after one warm-up run per engine.
+AUTO_MIN_RUNS, AUTO_MAX_RUNS, AUTO_BUDGET_S = 2, 5, 2.0
+# Peak RSS of a worker with the OpenCV engine, measured (bench/results.md, 1 thread):
+# yolov3-tiny 554 MB (35 MB weights), yolov3-416 1960 MB, yolov3-608 2069 MB (248 MB weights):
+# about 330 MB of process + 6.6 x the weights file (cv2.dnn keeps several copies and
+# workspace). auto only tries OpenCV when every worker can hold this plus the torch model.
+OPENCV_BASE_MB, OPENCV_PER_WEIGHTS_MB = 330, 6.6
+RESERVE_MB = 512  # left to the OS, nginx and the gunicorn master
 
 
 def cpu_flags() -> set[str]:
@@ -35,8 +42,54 @@ def bf16_flag(flags: set[str] | None = None) -> str | None:
     return next((flag for flag in BF16_FLAGS if flag in flags), None)
 
 
+def memory_total_mb() -> int:
+    """Return the machine's RAM (MemTotal), capped by a cgroup v2 memory.max; 0 if unknown."""
+    total = 0
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    total = int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max", encoding="utf-8") as f:
+            limit = f.read().strip()
+        if limit != "max":
+            total = min(total, int(limit) // (1024 * 1024)) if total else int(limit) >> 20
+    except (OSError, ValueError):
+        pass
+    return total
+
+
+def opencv_footprint_mb(weights_bytes: int) -> int:
+    """Return the estimated peak RSS of one worker running the OpenCV engine on these weights."""
+    return round(OPENCV_BASE_MB + OPENCV_PER_WEIGHTS_MB * weights_bytes / 2**20)
+
+
+def opencv_fits(weights_bytes: int, workers: int, memory_mb: int = 0) -> tuple[bool, str]:
+    """Return whether `workers` processes can each try OpenCV next to the torch model, and why.
+
+    :param memory_mb: RAM to plan for; 0 reads MemTotal (or the cgroup limit).
+    """
+    total = memory_mb or memory_total_mb()
+    if not total:
+        return True, "memory size unknown"
+    need = opencv_footprint_mb(weights_bytes) + round(weights_bytes / 2**20)
+    budget = total - RESERVE_MB
+    words = (
+        f"{workers} worker(s) x ~{need} MB (OpenCV ~{opencv_footprint_mb(weights_bytes)} MB "
+        f"+ torch weights) vs {budget} MB ({total} MB RAM - {RESERVE_MB} MB reserve)"
+    )
+    return workers * need <= budget, words
+
+
 class TorchEngine:
-    """Darknet in torch: batch norm folded into convs, channels_last, inference_mode, fp32/bf16."""
+    """Darknet in torch: batch norm folded into convs, channels_last, inference_mode, fp32/bf16.
+
+    Pass a model loaded with weights.load_fused (already folded, channels_last, in the target
+    dtype: nothing is copied here); an unfused model is folded and converted, with copies.
+    """
 
     name = "torch"
 

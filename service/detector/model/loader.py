@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -18,19 +21,18 @@ from .engines import OpenCVEngine
 from .engines import TorchEngine
 from .engines import bf16_flag
 from .engines import choose
+from .engines import opencv_fits
 from .postprocess import HeadSpec
 from .postprocess import decode
 from .postprocess import postprocess
 from .preprocess import letterbox
 from .weights import WeightsError
-from .weights import count_floats
-from .weights import load_weights
-from .weights import read_header
+from .weights import check_size
+from .weights import load_fused
 
 log = logging.getLogger(__name__)
 ENGINES = ("auto", "torch", "opencv")
 PRECISIONS = ("auto", "fp32", "bf16")
-WARMUP_RUNS = 2
 
 
 class Detector:
@@ -110,21 +112,30 @@ def read_names(path: str | Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _check_weights_size(model: Darknet, weights_path: Path) -> None:
-    """Fail like load_weights would, without reading the whole file (opencv engine only)."""
+def cpu_count() -> int:
+    """Return the CPUs this process may run on."""
     try:
-        size = weights_path.stat().st_size
-        with weights_path.open("rb") as f:
-            header = read_header(f.read(20))
-    except OSError as exc:
-        raise WeightsError(f"cannot read weights {weights_path}: {exc.strerror}") from None
-    need = header.size + 4 * count_floats(model)
-    if size != need:
-        direction = "short" if size < need else "long"
-        raise WeightsError(
-            f"weights {weights_path} is {size} bytes but cfg {model.cfg.path} needs exactly "
-            f"{need}: file too {direction}; is it the weights for this cfg?"
-        )
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def default_threads(workers: int = 1) -> int:
+    """Return intra-op threads per process: cores / workers, at least 1.
+
+    More threads than that oversubscribe the cores: measured on a busy 2-core machine, torch
+    with 2 threads per worker ran 3-6x slower than with 1.
+    """
+    return max(1, cpu_count() // max(1, workers))
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc malloc_trim)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def load_detector(
@@ -139,20 +150,28 @@ def load_detector(
     nms_threshold: float = 0.45,
     name: str | None = None,
     precision: str = "auto",
+    workers: int = 1,
+    memory_mb: int = 0,
 ) -> Detector:
     """Build a detector from a darknet cfg + weights + names triple and run a warm-up inference.
 
-    :param engine: "torch", "opencv", or "auto" (time both at load, keep the faster).
+    :param engine: "torch", "opencv", or "auto": torch bf16 where the CPU has native bf16
+        (amx_bf16/avx512_bf16) and precision allows it; otherwise time both briefly and keep the
+        faster, unless `workers` OpenCV engines would not fit in memory (then torch, untimed).
     :param size: network input size (multiple of 32); 0 takes width and height from the cfg.
-    :param threads: intra-op threads for torch and OpenCV; 0 leaves their defaults (all cores).
+    :param threads: intra-op threads for torch and OpenCV; 0 = cores / workers (at least 1).
     :param precision: torch engine: "fp32", "bf16", or "auto" (bf16 where the CPU has
         amx_bf16 or avx512_bf16, else fp32).
+    :param workers: processes that each load this model on this machine (memory and threads).
+    :param memory_mb: RAM auto may plan with; 0 reads MemTotal (capped by a cgroup limit).
     :raise CfgError, WeightsError, ValueError: with a message naming the file and the problem.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if threads < 0:
+        raise ValueError(f"threads must be 0 (cores / workers) or positive, got {threads}")
     if size and (size < 32 or size % 32):
         raise ValueError(f"size must be a positive multiple of 32, got {size}")
     cfg_path, weights_path = Path(cfg_path), Path(weights_path)
@@ -162,11 +181,10 @@ def load_detector(
         raise ValueError(
             f"{names_path} has {len(names)} class names but {cfg_path} has classes={cfg.classes}"
         )
-    if threads:
-        import cv2
-
-        torch.set_num_threads(threads)
-        cv2.setNumThreads(threads)
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    threads = threads or default_threads(workers)
+    torch.set_num_threads(threads)
     input_shape = (size, size) if size else (cfg.net.width, cfg.net.height)
     heads = []
     for index in cfg.yolo_indices:
@@ -176,31 +194,40 @@ def load_detector(
     if precision == "auto":
         precision = "bf16" if flag else "fp32"
     started = time.perf_counter()
+    build_torch, build_opencv, reason = _plan(
+        engine, precision, flag, weights_path, workers, memory_mb
+    )
     candidates = []
-    if engine in ("auto", "torch"):
-        model = Darknet(cfg)
-        load_weights(model, weights_path)
+    if build_torch:
+        with torch.device("meta"):  # no allocation: load_fused installs the real parameters
+            model = Darknet(cfg)
+        load_fused(model, weights_path, torch.bfloat16 if precision == "bf16" else torch.float32)
         candidates.append(TorchEngine(model, precision))
-    if engine in ("auto", "opencv"):
+        del model
+    if build_opencv:
+        import cv2
+
+        cv2.setNumThreads(threads)
         if not candidates:
             with torch.device("meta"):
-                _check_weights_size(Darknet(cfg), weights_path)
+                check_size(Darknet(cfg), weights_path)
         candidates.append(OpenCVEngine(cfg, cfg_path, weights_path))
     x, _ = letterbox(Image.new("RGB", input_shape, (127, 127, 127)), *input_shape)
     for candidate in candidates:
-        for _ in range(WARMUP_RUNS):  # first runs allocate, create and cache kernels
-            candidate(x)
+        candidate(x)  # the first run allocates, creates and caches kernels
     if len(candidates) == 1:
         chosen = candidates[0]
-        reason = f"{chosen.label} as configured (engine={engine})"
     else:
-        chosen, reason = choose(candidates, x)
+        chosen, timed = choose(candidates, x)
+        reason = f"{timed}; memory fits: {reason}"
     if chosen.name == "torch":
         if chosen.precision == "fp32":
-            reason += f"; fp32 ({'bf16 not requested' if flag else 'no amx_bf16/avx512_bf16'})"
+            reason += f"; fp32 ({'as configured' if flag else 'no amx_bf16/avx512_bf16'})"
         else:
             reason += f"; bf16 convolutions (CPU flag {flag or 'missing: emulated, slow'})"
-    candidates.clear()
+    if len(candidates) > 1:
+        candidates.clear()  # the loser's memory goes back to the OS
+        release_memory()
     detector = Detector(
         name or cfg_path.stem,
         chosen,
@@ -220,3 +247,27 @@ def load_detector(
         reason,
     )
     return detector
+
+
+def _plan(
+    engine: str,
+    precision: str,
+    flag: str | None,
+    weights_path: Path,
+    workers: int,
+    memory_mb: int,
+) -> tuple[bool, bool, str]:
+    """Return (build torch, build OpenCV, reason) for the configured engine and this machine."""
+    if engine != "auto":
+        label = f"torch-{precision}" if engine == "torch" else "opencv"
+        return engine == "torch", engine == "opencv", f"{label} as configured (engine={engine})"
+    if flag and precision == "bf16":
+        return True, False, "auto: torch-bf16 chosen by CPU flag, not timed"
+    try:
+        weights_bytes = weights_path.stat().st_size
+    except OSError as exc:
+        raise WeightsError(f"cannot read weights {weights_path}: {exc.strerror}") from None
+    fits, words = opencv_fits(weights_bytes, workers, memory_mb)
+    if not fits:
+        return True, False, f"auto: torch-{precision}, OpenCV not tried: {words} does not fit"
+    return True, True, words
