@@ -215,6 +215,7 @@ def load_detector(
     x, _ = letterbox(Image.new("RGB", input_shape, (127, 127, 127)), *input_shape)
     for candidate in candidates:
         candidate(x)  # the first run allocates, creates and caches kernels
+    del candidate  # no reference may keep the loser alive
     if len(candidates) == 1:
         chosen = candidates[0]
     else:
