@@ -17,89 +17,64 @@ BIN = Path(sys.executable).parent
 SAMPLE = REPO / "deploy" / "smoke.jpg"
 
 
-def _run(argv: list[str], timeout: int, capture: bool = False) -> str:
-    print("$ " + " ".join(argv), flush=True)
-    proc = subprocess.run(
-        argv, cwd=REPO, timeout=timeout, text=True, capture_output=capture, check=False
-    )
-    if proc.returncode != 0:
-        if capture:
-            print(proc.stdout[-2000:], proc.stderr[-2000:], sep="\n", file=sys.stderr)
-        raise SystemExit(f"demo: `{' '.join(argv[:4])} ...` failed ({proc.returncode})")
-    return proc.stdout if capture else ""
-
-
 def _stage(times: dict, name: str, func):
     start = time.monotonic()
+    print(f"== {name} ...", flush=True)
     result = func()
     times[name] = round(time.monotonic() - start, 1)
     print(f"== {name}: {times[name]} s", flush=True)
     return result
 
 
-def _bed_status(out: str) -> dict:
-    """The JSON object `python -m tests.testbed up` prints before its ssh hint."""
-    return json.loads(out[out.index("{") : out.rindex("}") + 1])
-
-
 def up() -> int:
     """Bring everything up and leave it running."""
+    if os.geteuid() != 0:
+        raise SystemExit("demo: the test bed needs root (systemd-nspawn, bridges)")
     if (STATE / "bed.json").exists():
         raise SystemExit("demo: already up (test-artifacts/demo/bed.json); run `make demo-down`")
+    sys.path.insert(0, str(REPO))
+    from tests.e2e.provisioning import playbook
+    from tests.e2e.provisioning import variables
+    from tests.e2e.provisioning import wheelhouse_requirements
+    from tests.testbed import Testbed
+
     STATE.mkdir(parents=True, exist_ok=True)
     times: dict = {}
-    wheels = str(REPO / "tests" / "testbed" / "wheelhouse-requirements.txt")
-    out = _stage(
-        times,
-        "test bed up (1 host)",
-        lambda: _run(
-            [
-                str(BIN / "python"),
-                "-m",
-                "tests.testbed",
-                "up",
-                "--hosts",
-                "1",
-                "--wheelhouse",
-                wheels,
-            ],
-            1800,
-            capture=True,
-        ),
+    bed = _stage(times, "test bed up (1 host)", lambda: Testbed.allocate().up(1))
+    host = bed.hosts[0]
+    (STATE / "bed.json").write_text(json.dumps({"id": bed.id, "host": host.name}))
+    reqs = STATE / "requirements.txt"
+    _stage(times, "wheelhouse", lambda: bed.build_wheelhouse(wheelhouse_requirements(reqs)))
+    values = variables(bed)
+    (STATE / "variables.json").write_text(json.dumps(values))
+    run = _stage(times, "provision", lambda: playbook(bed, host.name, STATE / "variables.json"))
+    (STATE / "provision.log").write_text(run.stdout + run.stderr)
+    if run.returncode != 0:
+        print((run.stdout + run.stderr)[-3000:], file=sys.stderr)
+        raise SystemExit("demo: provisioning failed; see test-artifacts/demo/provision.log")
+    inv = STATE / "inventory"
+    (inv / "host_vars").mkdir(parents=True, exist_ok=True)
+    (inv / "hosts.yml").write_text(
+        json.dumps({"all": {"children": {"detector": {"hosts": {host.name: {}}}}}})
     )
-    bed = _bed_status(out)
-    (STATE / "bed.json").write_text(json.dumps(bed, indent=2))
-    inv = bed["inventory"]
-    env_inv = {**os.environ, inventory.INVENTORY_ENV: inv}
-    os.environ.update(env_inv)
-    _stage(
-        times,
-        "provision (ansible-playbook)",
-        lambda: _run(
-            [str(BIN / "ansible-playbook"), "-i", inv, str(REPO / "ansible" / "provision.yml")],
-            3600,
-        ),
-    )
-    _stage(
-        times,
-        "fab deploy",
-        lambda: _run([str(BIN / "fab"), "deploy", "--allow-dirty", "--inventory", inv], 1800),
-    )
-    data = inventory.read(Path(inv))
-    (host,) = inventory.hosts_from(data)[:1]
-    hv = data["_meta"]["hostvars"][host.name]
-    dns, port = hv.get("detector_dns_server", ""), hv.get("detector_dns_port", 53)
-    resolve = f"$(dig +short @{dns} -p {port} {host.domain} | head -n1)" if dns else host.address
-    times_file = STATE / "times.json"
-    times_file.write_text(json.dumps(times, indent=2))
+    values.update(ansible_host=host.address, ansible_ssh_private_key_file=host.key_path)
+    (inv / "host_vars" / f"{host.name}.yml").write_text(json.dumps(values))
+    deploy = [str(BIN / "fab"), "deploy", "--allow-dirty", "--inventory", str(inv)]
+    proc = _stage(times, "fab deploy", lambda: subprocess.run(deploy, cwd=REPO, timeout=1800))
+    if proc.returncode != 0:
+        raise SystemExit("demo: fab deploy failed (output above)")
+    (STATE / "times.json").write_text(json.dumps(times, indent=2) + "\n")
+    dns = f"@{values['detector_dns_server']} -p {values['detector_dns_port']}"
+    domain = values["detector_domain"]
     print(
-        "\nThe demo is up (left running; `make demo-down` stops it).\n"
-        f"  page:   https://{host.domain}:5000/  (host {host.name} at {host.address})\n"
-        f"  stages: {json.dumps(times)}\n"
-        "Try it (name resolved through the test bed's DNS, chain checked against Pebble's root):\n"
-        f"  curl --cacert {host.ca_bundle} \\\n"
-        f"       --resolve {host.domain}:5000:{resolve} \\\n"
-        f"       -F file=@{SAMPLE} https://{host.domain}:5000/api/v1/detect\n"
+        "\nThe demo is up and stays up; `make demo-down` stops everything it started.\n"
+        f"  page: https://{domain}:5000/  (host {host.name} at {host.address})\n"
+        f"  stage times (s): {json.dumps(times)}\n"
+        "Try it: the name resolves through the test bed's DNS, the chain is checked against\n"
+        "Pebble's root:\n"
+        f"  curl --cacert {values['detector_acme_root_ca']} \\\n"
+        f"       --resolve {domain}:5000:$(dig +short {dns} {domain} | head -n1) \\\n"
+        f"       -F file=@{SAMPLE} https://{domain}:5000/api/v1/detect\n"
         f"  {BIN / 'fab'} status --inventory {inv}\n",
         flush=True,
     )
@@ -112,8 +87,11 @@ def down() -> int:
     if not state.exists():
         print("demo: nothing to stop")
         return 0
-    bed = json.loads(state.read_text())
-    _run([str(BIN / "python"), "-m", "tests.testbed", "--bed", str(bed["id"]), "down"], 600)
+    bed_id = str(json.loads(state.read_text())["id"])
+    argv = [str(BIN / "python"), "-m", "tests.testbed", "--bed", bed_id, "down"]
+    proc = subprocess.run(argv, cwd=REPO, timeout=600)
+    if proc.returncode != 0:
+        raise SystemExit(f"demo: `{' '.join(argv)}` failed")
     state.unlink()
     return 0
 
