@@ -1,0 +1,238 @@
+"""provision.yml on a bare test-bed host: idempotent, Pebble TLS, firewalled, renewable."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import socket
+import ssl
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.provisioning import MODEL
+from tests.e2e.provisioning import REPO
+from tests.e2e.provisioning import Run
+from tests.e2e.provisioning import playbook
+from tests.e2e.provisioning import variables
+from tests.e2e.provisioning import wheelhouse_requirements
+from tests.testbed import DOMAIN
+from tests.testbed import Testbed
+from tests.testbed import guard
+from tests.testbed.hosts import Host
+from tests.testbed.hosts import ssh
+
+if __import__("sys").version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.9/3.10
+    import tomli as tomllib
+
+PORTS = (443, 5000)
+CLOSED_PORTS = (80, 8000, 8081)  # 8081: a listener the test starts on the host
+RENEW_SERVICE = "detector-certbot-renew.service"
+ARTIFACTS = REPO / "test-artifacts"
+
+
+@dataclasses.dataclass
+class Provisioned:
+    """A host provisioned once for this module, with what is needed to run the playbook again."""
+
+    bed: Testbed
+    host: Host
+    variables_file: Path
+    first: Run
+
+    def sh(self, command: str, check: bool = True) -> str:
+        """Run command on the host as the sudo user; return its stdout."""
+        return ssh(self.host, command, check=check, timeout=300).stdout
+
+
+def _tail(run: Run, lines: int = 60) -> str:
+    return "\n".join((run.stdout + "\n" + run.stderr).splitlines()[-lines:])
+
+
+@pytest.fixture(scope="module")
+def provisioned(testbed: Testbed, testbed_hosts, tmp_path_factory) -> Provisioned:
+    """A fresh bare host of the bed, provisioned once (cold) by ansible/provision.yml."""
+    if not (REPO / "weights" / f"{MODEL}.weights").is_file():
+        pytest.skip(f"weights/{MODEL}.weights is missing: run `make setup` (make weights)")
+    host = testbed_hosts(1, fresh=True)[0]
+    work = tmp_path_factory.mktemp("provision")
+    testbed.build_wheelhouse(wheelhouse_requirements(work / "requirements.txt"))
+    variables_file = work / "variables.json"
+    variables_file.write_text(json.dumps(variables(testbed)))
+    first = playbook(testbed, host.name, variables_file)
+    if first.returncode != 0:
+        probe = ssh(
+            host, "head -c 300 /etc/python3.11/sitecustomize.py; dpkg -l python3-apt", check=False
+        )
+        pytest.fail(f"{_tail(first)}\n--- host state:\n{probe.stdout}{probe.stderr}")
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "provision-timing.json").write_text(
+        json.dumps({"cold_provision_s": round(first.seconds, 1)}) + "\n"
+    )
+    print(f"cold provisioning of {host.name}: {first.seconds:.0f} s")
+    return Provisioned(testbed, host, variables_file, first)
+
+
+def served(bed: Testbed, address: str, port: int) -> tuple[dict, int, dict]:
+    """Connect with TLS verified against Pebble's root; return (cert, HTTP status, JSON body)."""
+    guard(address)
+    context = ssl.create_default_context(cafile=bed.acme.root_path)
+    with socket.create_connection((address, port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=DOMAIN) as tls:
+            cert = tls.getpeercert()
+            tls.sendall(f"GET / HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := tls.recv(65536):
+                data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    return cert, status, json.loads(body) if body.strip().startswith(b"{") else {}
+
+
+def serials(provisioned: Provisioned) -> dict[int, str]:
+    """The serial number of the certificate served on each public port."""
+    return {
+        port: served(provisioned.bed, provisioned.host.address, port)[0]["serialNumber"]
+        for port in PORTS
+    }
+
+
+def reachable(address: str, port: int, timeout: float = 2.0) -> bool:
+    guard(address)
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def test_bare_host_is_provisioned(provisioned: Provisioned):
+    assert "failed=0" in provisioned.first.stdout
+    sizing = re.search(
+        r"\d+ cores, \d+ MB RAM: \d+ worker\(s\) x \d+ thread\(s\)", provisioned.first.stdout
+    )
+    assert sizing, _tail(provisioned.first)
+
+
+def test_second_run_changes_nothing(provisioned: Provisioned):
+    run = playbook(
+        provisioned.bed, provisioned.host.name, provisioned.variables_file, json_output=True
+    )
+    assert run.returncode == 0, _tail(run)
+    stats = run.stats[provisioned.host.name]
+    assert stats["failures"] == 0 and stats["unreachable"] == 0
+    assert stats["changed"] == 0, run.changed_tasks()
+
+
+def test_check_mode_reports_no_change(provisioned: Provisioned):
+    run = playbook(
+        provisioned.bed,
+        provisioned.host.name,
+        provisioned.variables_file,
+        "--check",
+        "--diff",
+        json_output=True,
+    )
+    assert run.returncode == 0, _tail(run)
+    assert run.stats[provisioned.host.name]["changed"] == 0, run.changed_tasks()
+
+
+def test_tls_ports_present_the_pebble_chain_and_503_before_deploy(provisioned: Provisioned):
+    for port in PORTS:
+        cert, status, body = served(provisioned.bed, provisioned.host.address, port)
+        names = [value for kind, value in cert["subjectAltName"] if kind == "DNS"]
+        assert DOMAIN in names
+        assert status == 503 and body == {"error": "no release deployed yet"}
+
+
+def test_private_key_is_not_world_readable(provisioned: Provisioned):
+    assert provisioned.sh("sudo stat -c '%a %U %G' /etc/ssl/detector/privkey.pem").split() == [
+        "640",
+        "root",
+        "ssl-cert",
+    ]
+    live = provisioned.sh(f"sudo stat -L -c '%a' /etc/letsencrypt/live/{DOMAIN}/privkey.pem")
+    assert int(live.strip()[-1]) == 0  # certbot's own copy: no access for others either
+    ini = provisioned.sh("sudo stat -c '%a %U' /etc/letsencrypt/detector-dns-rfc2136.ini")
+    assert ini.split() == ["600", "root"]
+
+
+def test_only_ssh_and_tls_ports_are_reachable(provisioned: Provisioned):
+    address = provisioned.host.address
+    probe = "detector-probe-8081"
+    provisioned.sh(
+        f"sudo systemd-run --unit {probe} --property=RuntimeMaxSec=120 "
+        "python3 -m http.server --bind 0.0.0.0 8081"
+    )
+    try:
+        local = provisioned.sh(
+            'for i in $(seq 50); do python3 -c "import urllib.request as u; '
+            "u.urlopen('http://127.0.0.1:8081/', timeout=2)\" && echo up && break; sleep 0.1; done"
+        )
+        assert "up" in local  # the service listens; only the firewall stands in the way
+        assert reachable(address, 22)
+        for port in PORTS:
+            assert reachable(address, port)
+        for port in CLOSED_PORTS:
+            assert not reachable(address, port), f"port {port} is reachable from outside"
+    finally:
+        provisioned.sh(f"sudo systemctl stop {probe}", check=False)
+    assert "Status: active" in provisioned.sh("sudo ufw status")
+
+
+def test_service_unit_exposure_is_at_most_3(provisioned: Provisioned):
+    out = provisioned.sh("sudo systemd-analyze security --no-pager detector@blue.service")
+    exposure = float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out).group(1))
+    print(f"systemd-analyze security detector@blue.service: {exposure}")
+    assert exposure <= 3.0
+
+
+def test_weights_match_the_manifest_on_the_host(provisioned: Provisioned):
+    entry = tomllib.loads((REPO / "weights" / "manifest.toml").read_text())[MODEL]
+    out = provisioned.sh(f"sha256sum /var/lib/detector/weights/{entry['file']}")
+    assert out.split()[0] == entry["sha256"]
+    local = hashlib.sha256((REPO / "weights" / entry["file"]).read_bytes()).hexdigest()
+    assert local == entry["sha256"]
+
+
+def test_dns_a_record_points_at_the_host(provisioned: Provisioned):
+    assert provisioned.host.address in provisioned.bed.resolve(DOMAIN)
+
+
+def test_deploy_user_gets_only_its_commands(provisioned: Provisioned):
+    deploy = dataclasses.replace(provisioned.host, user="deploy")
+    assert ssh(deploy, "sudo -n /usr/sbin/nginx -t -q", check=False).returncode == 0
+    assert ssh(deploy, "sudo -n /usr/bin/id", check=False).returncode != 0
+    assert ssh(deploy, "sudo -n /usr/bin/systemctl restart nginx.service", check=False).returncode
+    owner = provisioned.sh("stat -c '%U %G %a' /opt/detector /opt/detector/releases")
+    assert owner.split() == ["deploy", "detector", "755"] * 2
+
+
+def test_forced_renewal_through_the_timer_service_serves_a_new_serial(provisioned: Provisioned):
+    assert provisioned.sh("systemctl is-active detector-certbot-renew.timer").strip() == "active"
+    before = serials(provisioned)
+    nginx_pid = provisioned.sh("systemctl show -p MainPID --value nginx.service").strip()
+    provisioned.sh("sudo systemctl set-environment DETECTOR_CERTBOT_EXTRA_ARGS=--force-renewal")
+    try:
+        provisioned.sh(f"sudo systemctl start {RENEW_SERVICE}")
+    finally:
+        provisioned.sh("sudo systemctl unset-environment DETECTOR_CERTBOT_EXTRA_ARGS")
+    after = serials(provisioned)
+    assert len(set(after.values())) == 1  # both ports serve the same, new certificate
+    assert set(after.values()).isdisjoint(before.values())
+    assert provisioned.sh("systemctl show -p MainPID --value nginx.service").strip() == nginx_pid
+
+
+def test_reboot_brings_nginx_and_the_firewall_back(provisioned: Provisioned):
+    before = serials(provisioned)
+    provisioned.bed.reboot(provisioned.host)
+    assert provisioned.sh("systemctl is-active nginx.service").strip() == "active"
+    assert provisioned.sh("systemctl is-active detector-certbot-renew.timer").strip() == "active"
+    assert "Status: active" in provisioned.sh("sudo ufw status")
+    assert serials(provisioned) == before
+    assert provisioned.sh("systemctl cat detector@blue.service", check=False).strip()
+    assert not reachable(provisioned.host.address, 8000)
