@@ -12,12 +12,14 @@ from detector.model import load_detector
 from detector.model.cfg import parse_cfg
 from detector.model.darknet import Darknet
 from detector.model.engines import bf16_flag
+from detector.model.engines import memory_total_mb
 from detector.model.engines import opencv_fits
 from detector.model.engines import opencv_footprint_mb
 from detector.model.loader import cpu_count
 from detector.model.loader import default_threads
 from detector.model.weights import load_fused
 from detector.model.weights import load_weights
+from detector.runtime import ModelHolder
 from detector.runtime import torch_threads
 from model_helpers import COCO_NAMES
 from model_helpers import TINY_CFG
@@ -124,5 +126,25 @@ def test_load_applies_the_thread_rule(tiny_weights):
         cores = cpu_count()
         load_detector(TINY_CFG, tiny_weights, COCO_NAMES, engine="torch", workers=cores)
         assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_service_passes_precision_and_workers_to_the_loader(tiny_weights):
+    workers = memory_total_mb() // 500 + 1  # more tiny OpenCV workers (~0.55 GB) than RAM holds
+    before = torch.get_num_threads()
+    try:
+        settings = {
+            "model": "yolov3-tiny",
+            "weights_dir": str(tiny_weights.parent),
+            "engine": "auto",
+            "precision": "fp32",
+            "workers": workers,
+        }
+        detector = ModelHolder(from_mapping(settings)).get()
+        # This machine's real RAM cannot hold that many OpenCV workers: torch fp32, untimed.
+        assert (detector.engine, detector.precision) == ("torch", "fp32")
+        assert f"OpenCV not tried: {workers} worker(s)" in detector.engine_reason
+        assert torch.get_num_threads() == max(1, cpu_count() // workers)
     finally:
         torch.set_num_threads(before)
