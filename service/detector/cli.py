@@ -33,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     detect.add_argument("--size", type=int, help="network input size, e.g. 416 or 608")
     detect.add_argument("--engine", choices=config_module.ENGINES, help="inference engine")
+    detect.add_argument(
+        "--precision",
+        choices=config_module.PRECISIONS,
+        help="torch precision (auto: bf16 on CPUs with native bf16)",
+    )
     detect.add_argument("--threads", type=int, help="inference threads (0 = automatic)")
     detect.add_argument("--threshold", type=float, help="score threshold (default 0.25)")
     detect.add_argument("--nms-threshold", type=float, help="NMS IoU threshold (default 0.45)")
@@ -65,6 +70,7 @@ def _settings(args: argparse.Namespace) -> config_module.Config:
         "model": args.model,
         "size": args.size,
         "engine": args.engine,
+        "precision": args.precision,
         "threads": args.threads,
         "threshold": args.threshold,
         "nms_threshold": args.nms_threshold,
@@ -111,25 +117,13 @@ def _table(result: dict) -> str:
 def _detect(args: argparse.Namespace) -> int:
     """Run the detector over each image and print a table or JSON lines."""
     from detector import imaging
-    from detector.manifest import resolve_model
-    from detector.model import load_detector
+    from detector.manifest import load_configured
 
     for name in args.images:  # fail before the model load, which takes seconds
         if not Path(name).is_file():
             raise FileNotFoundError(f"image {name} does not exist or is not a file")
     settings = _settings(args)
-    spec = resolve_model(settings)
-    det = load_detector(
-        spec.cfg,
-        spec.weights,
-        spec.names,
-        engine=settings.engine,
-        size=settings.size,
-        threads=settings.threads,
-        threshold=settings.threshold,
-        nms_threshold=settings.nms_threshold,
-        name=spec.name,
-    )
+    det = load_configured(settings)
     many = len(args.images) > 1
     for name in args.images:
         path = Path(name)

@@ -148,3 +148,29 @@ def resolve_model(config, manifest: dict[str, Entry] | None = None) -> ModelSpec
         weights=weights,
         names=_require(DATA_DIR / entry.names, "names file", packaged),
     )
+
+
+def load_configured(config, *, workers: int = 1, threads: int = 0):
+    """Load the detector `config` names, with its engine, precision and thresholds.
+
+    The CLI and the service both load through here, so a setting means the same in each.
+
+    :param workers: processes on this machine that each load the model (weighs `auto`'s memory).
+    :param threads: intra-op threads; 0 takes `config.threads`, then cores // workers.
+    """
+    from detector.model import load_detector
+
+    spec = resolve_model(config)
+    return load_detector(
+        spec.cfg,
+        spec.weights,
+        spec.names,
+        engine=config.engine,
+        precision=config.precision,
+        workers=workers,
+        size=config.size,
+        threads=threads or config.threads,
+        threshold=config.threshold,
+        nms_threshold=config.nms_threshold,
+        name=spec.name,
+    )

@@ -74,8 +74,8 @@ class ModelHolder:
         return self._detector
 
     def _load(self) -> None:
+        from .manifest import load_configured
         from .manifest import resolve_model
-        from .model import load_detector
 
         cfg = self.config
         spec = resolve_model(cfg)
@@ -97,19 +97,7 @@ class ModelHolder:
             detector = _CACHE.get(key)
             if detector is None:
                 started = time.perf_counter()
-                detector = load_detector(
-                    spec.cfg,
-                    spec.weights,
-                    spec.names,
-                    engine=cfg.engine,
-                    precision=cfg.precision,
-                    workers=worker_count(cfg),
-                    size=cfg.size,
-                    threads=threads,
-                    threshold=cfg.threshold,
-                    nms_threshold=cfg.nms_threshold,
-                    name=spec.name,
-                )
+                detector = load_configured(cfg, workers=worker_count(cfg), threads=threads)
                 log.info(
                     "loaded %s (%s engine, %s, %d threads) in %.0f ms: %s",
                     spec.name,
