@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from detector.app import create_app
+from svc_helpers import ALLOWED_ORIGIN
+from svc_helpers import MAX_PIXELS
+from svc_helpers import MAX_UPLOAD_BYTES
+from svc_helpers import ROOT
+from svc_helpers import SHARED_TESTDATA
 from svc_helpers import jpeg_bytes
+from svc_helpers import require_weights
 from svc_helpers import sample_image
-
-ROOT = Path(__file__).resolve().parents[2]
-WEIGHTS = ROOT / "weights" / "yolov3-tiny.weights"
-SHARED_TESTDATA = ROOT.parent / "shared" / "testdata"
-ALLOWED_ORIGIN = "https://page.example"
-MAX_UPLOAD_BYTES = 2 * 1024 * 1024
-MAX_PIXELS = 4_000_000
-
-
-def require_weights() -> None:
-    """Skip unless the real yolov3-tiny weights are present."""
-    if not WEIGHTS.is_file():
-        pytest.skip(f"yolov3-tiny weights missing at {WEIGHTS}: run `make weights`")
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import MAX_UPLOAD_BYTES
 from PIL import Image
+from svc_helpers import MAX_UPLOAD_BYTES
 from svc_helpers import jpeg_bytes
 from svc_helpers import sample_image
 from werkzeug.datastructures import FileStorage

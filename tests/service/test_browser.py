@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
-from conftest import SHARED_TESTDATA
-from conftest import require_weights
 from PIL import Image
+from svc_helpers import ROOT
+from svc_helpers import SHARED_TESTDATA
 from svc_helpers import jpeg_bytes
+from svc_helpers import require_weights
 from svc_helpers import sample_image
 from svc_live import LiveServer
 

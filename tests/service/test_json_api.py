@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import ALLOWED_ORIGIN
 from detector import config as config_module
 from detector.app import create_app
 from detector.app import find_release
+from svc_helpers import ALLOWED_ORIGIN
 from svc_helpers import post_file
 
 

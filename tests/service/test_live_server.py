@@ -11,10 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT
-from conftest import require_weights
 from PIL import Image
+from svc_helpers import ROOT
 from svc_helpers import jpeg_bytes
+from svc_helpers import require_weights
 from svc_helpers import sample_image
 from svc_live import LiveServer
 

@@ -4,29 +4,14 @@ from __future__ import annotations
 
 import pytest
 from detector.model import load_detector
-from detector.model.engines import bf16_flag
 from detector.model.loader import read_names
 from detector.model.random_weights import write_random_weights
 from model_helpers import COCO_NAMES
+from model_helpers import ENGINE_CASES  # noqa: F401 (re-exported for the tests)
+from model_helpers import SKIMAGE_PHOTOS
 from model_helpers import TINY_CFG
 from model_helpers import TINY_WEIGHTS
 from model_helpers import YOLOV3_CFG
-
-# (engine, precision) pairs every oracle test runs; bf16 only where the CPU does it natively.
-ENGINE_CASES = [
-    pytest.param(("torch", "fp32"), id="torch-fp32"),
-    pytest.param(
-        ("torch", "bf16"),
-        id="torch-bf16",
-        marks=pytest.mark.skipif(
-            bf16_flag() is None, reason="CPU has neither amx_bf16 nor avx512_bf16 (bf16 is slow)"
-        ),
-    ),
-    pytest.param(("opencv", "fp32"), id="opencv"),
-]
-SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "stereo_motorcycle")
-# Those where yolov3-tiny finds something above 0.25 (a cup, a motorbike).
-PHOTOS_WITH_OBJECTS = ("coffee", "stereo_motorcycle")
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
+from detector.model.engines import bf16_flag
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
@@ -122,3 +124,20 @@ def mismatches(ours, expected, width: int, height: int, threshold: float = 0.25)
         if d.score >= threshold + SCORE_TOL
     )
     return problems
+
+
+# (engine, precision) pairs every oracle test runs; bf16 only where the CPU does it natively.
+ENGINE_CASES = [
+    pytest.param(("torch", "fp32"), id="torch-fp32"),
+    pytest.param(
+        ("torch", "bf16"),
+        id="torch-bf16",
+        marks=pytest.mark.skipif(
+            bf16_flag() is None, reason="CPU has neither amx_bf16 nor avx512_bf16 (bf16 is slow)"
+        ),
+    ),
+    pytest.param(("opencv", "fp32"), id="opencv"),
+]
+SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "stereo_motorcycle")
+# Those where yolov3-tiny finds something above 0.25 (a cup, a motorbike).
+PHOTOS_WITH_OBJECTS = ("coffee", "stereo_motorcycle")

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import ENGINE_CASES
-from conftest import PHOTOS_WITH_OBJECTS
-from conftest import SKIMAGE_PHOTOS
+from model_helpers import ENGINE_CASES
+from model_helpers import PHOTOS_WITH_OBJECTS
 from model_helpers import SHARED
+from model_helpers import SKIMAGE_PHOTOS
 from model_helpers import TINY_CFG
 from model_helpers import Box
 from model_helpers import Oracle
