@@ -6,9 +6,11 @@ same config as the app (DETECTOR_CONFIG + DETECTOR_* overrides), so the unit fil
 
 Sizing rule (config.workers / config.worker_threads = 0 means "apply the rule"):
 - workers = min(CPUs, (available memory - 512 MB) / memory per worker), at least 1. A worker
-  holds one copy of the model: measured peak RSS about 600 MB with yolov3-tiny (350 MB
-  steady; the peak is the engine choice at load, which runs torch and OpenCV once each) and
-  budgeted 1.5 GB for yolov3. CPU-bound inference gains nothing from more processes than cores.
+  holds one copy of the model: measured peak RSS with the torch engine about 300 MB for
+  yolov3-tiny and 550 MB for yolov3-416 (bench/model_bench.py), budgeted 400 and 700 MB.
+  The OpenCV engine needs far more (about 1.9 GB for yolov3): `auto` in each worker takes it
+  only when workers x its footprint fit the machine (model/engines.py), so this budget holds.
+  CPU-bound inference gains nothing from more processes than cores.
 - threads per worker = 2 (gthread): one request runs inference while another is read,
   decoded or answered (health checks, /status_check, /metrics never wait behind a model call).
 - torch intra-op threads per worker = CPUs / workers (runtime.torch_threads), so workers
@@ -37,32 +39,15 @@ import tempfile
 from pathlib import Path
 
 from detector import config as _config
-from detector.runtime import cpu_count
+from detector.machine import cpu_count
+from detector.machine import memory_available_mb
 
 RESERVE_MB = 512
-WORKER_MEMORY_MB = {"yolov3-tiny": 600, "yolov3": 1500}
-DEFAULT_WORKER_MEMORY_MB = 1500
+WORKER_MEMORY_MB = {"yolov3-tiny": 400, "yolov3": 700}
+DEFAULT_WORKER_MEMORY_MB = 1000
 DEFAULT_THREADS = 2
 ALLOW_PUBLIC_ENV = "DETECTOR_ALLOW_PUBLIC_BIND"
 _CREATED_METRICS_DIR = "_DETECTOR_CREATED_METRICS_DIR"
-
-
-def available_memory_mb() -> int:
-    """Return the memory this service may use: MemAvailable, capped by a cgroup v2 limit."""
-    available = 0
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                available = int(line.split()[1]) // 1024
-    except OSError:
-        available = 2048
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            available = min(available, int(limit) // (1024 * 1024))
-    except (OSError, ValueError):
-        pass
-    return available
 
 
 def size_workers(
@@ -93,7 +78,7 @@ def check_bind(bind: str, allow_public: bool = False) -> None:
 _settings = _config.load()
 _workers, _threads = size_workers(
     cpu_count(),
-    available_memory_mb(),
+    memory_available_mb(),
     _settings.model,
     _settings.workers,
     _settings.worker_threads,

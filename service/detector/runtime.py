@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
@@ -11,6 +10,7 @@ from PIL import Image
 
 from .config import Config
 from .errors import ApiError
+from .machine import cpu_count
 
 log = logging.getLogger(__name__)
 
@@ -18,14 +18,6 @@ log = logging.getLogger(__name__)
 # one process (tests) share them; gunicorn workers each build their own after the fork.
 _CACHE: dict[tuple, object] = {}
 _CACHE_LOCK = threading.Lock()
-
-
-def cpu_count() -> int:
-    """Return the CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def worker_count(config: Config) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from detector import gunicorn_conf
 from detector import server
+from detector.machine import memory_available_mb
 
 
 @pytest.mark.parametrize(
@@ -12,9 +13,9 @@ from detector import server
     [
         (2, 16000, "yolov3-tiny", (2, 2)),  # CPU-bound: one worker per core
         (8, 16000, "yolov3", (8, 2)),
-        (8, 4000, "yolov3", (2, 2)),  # memory-bound: (4000 - 512) // 1500
+        (8, 4000, "yolov3", (4, 2)),  # memory-bound: (4000 - 512) // 700
         (4, 900, "yolov3", (1, 2)),  # never fewer than one worker
-        (16, 2000, "yolov3-tiny", (2, 2)),
+        (16, 2000, "yolov3-tiny", (3, 2)),  # (2000 - 512) // 400
         (4, 8000, "custom-model", (4, 2)),
     ],
 )
@@ -27,7 +28,7 @@ def test_explicit_sizes_win():
 
 
 def test_available_memory_is_positive():
-    assert gunicorn_conf.available_memory_mb() > 0
+    assert memory_available_mb() > 0
 
 
 @pytest.mark.parametrize(

@@ -7,15 +7,15 @@ import torch
 from detector.config import ConfigError
 from detector.config import from_mapping
 from detector.config import load
+from detector.machine import cpu_count
+from detector.machine import memory_total_mb
 from detector.model import WeightsError
 from detector.model import load_detector
 from detector.model.cfg import parse_cfg
 from detector.model.darknet import Darknet
 from detector.model.engines import bf16_flag
-from detector.model.engines import memory_total_mb
 from detector.model.engines import opencv_fits
 from detector.model.engines import opencv_footprint_mb
-from detector.model.loader import cpu_count
 from detector.model.loader import default_threads
 from detector.model.weights import load_fused
 from detector.model.weights import load_weights

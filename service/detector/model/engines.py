@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..machine import memory_total_mb
 from .cfg import Convolutional
 from .cfg import ModelCfg
 from .darknet import Darknet
@@ -40,52 +41,6 @@ def bf16_flag(flags: set[str] | None = None) -> str | None:
     """Return the CPU flag that makes bf16 convolutions worthwhile, or None."""
     flags = cpu_flags() if flags is None else flags
     return next((flag for flag in BF16_FLAGS if flag in flags), None)
-
-
-def cgroup_limit_mb() -> int:
-    """Return the tightest cgroup memory limit over this process's cgroup and its parents, or 0.
-
-    cgroup v2 (memory.max; under systemd the unit's MemoryMax) or v1 (memory.limit_in_bytes).
-    """
-    try:
-        with open("/proc/self/cgroup", encoding="utf-8") as f:
-            lines = [line.strip().split(":", 2) for line in f]
-    except OSError:
-        return 0
-    places = []
-    for _, controllers, path in (parts for parts in lines if len(parts) == 3):
-        if controllers == "":
-            places += [("/sys/fs/cgroup", path, "memory.max")]
-            places += [("/sys/fs/cgroup/unified", path, "memory.max")]
-        elif "memory" in controllers.split(","):
-            places += [("/sys/fs/cgroup/memory", path, "memory.limit_in_bytes")]
-    limits = []
-    for root, path, name in places:
-        folder = Path(root, path.lstrip("/"))
-        for directory in (folder, *folder.parents):
-            if len(directory.parts) < len(Path(root).parts):
-                break
-            try:
-                value = (directory / name).read_text().strip()
-            except OSError:
-                continue
-            if value.isdigit() and int(value) < 1 << 60:  # v1 "unlimited" is near 2**63
-                limits.append(int(value) >> 20)
-    return min(limits, default=0)
-
-
-def memory_total_mb() -> int:
-    """Return the machine's RAM (MemTotal), capped by a cgroup v2 memory limit; 0 if unknown."""
-    total = 0
-    try:
-        with open("/proc/meminfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    total = int(line.split()[1]) // 1024
-    except OSError:
-        pass
-    limit = cgroup_limit_mb()
-    return min(total, limit) if total and limit else total or limit
 
 
 def opencv_footprint_mb(weights_bytes: int) -> int:

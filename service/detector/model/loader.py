@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 from PIL import Image
 
 from ..detection import Detection
+from ..machine import cpu_count
 from .cfg import Yolo
 from .cfg import parse_cfg
 from .darknet import Darknet
@@ -110,14 +110,6 @@ def read_names(path: str | Path) -> list[str]:
     except OSError as exc:
         raise ValueError(f"cannot read class names {path}: {exc.strerror}") from None
     return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def cpu_count() -> int:
-    """Return the CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def default_threads(workers: int = 1) -> int:
