@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from deploy.inventory import REQUIRED
+
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"
 ROLES = sorted(p for p in (ANSIBLE / "roles").iterdir() if p.is_dir())
@@ -103,19 +105,7 @@ def test_group_vars_are_the_single_source_of_names():
     group_vars = _load(ANSIBLE / "group_vars" / "all.yml")
     assert all(name.startswith("detector_") for name in group_vars)
     # Fabric reads these with ansible-inventory, which does not render Jinja: they are literals.
-    for name in (
-        "detector_service",
-        "detector_app_root",
-        "detector_env_link",
-        "detector_deploy_user",
-        "detector_domain",
-        "detector_https_ports",
-        "detector_releases_keep",
-        "detector_socket_dir",
-        "detector_nginx_upstream_conf",
-        "detector_nginx_upstream_name",
-        "detector_certbot_renew_service",
-    ):
+    for name in (n for n in REQUIRED if n.startswith("detector_")):
         assert "{{" not in str(group_vars[name]), name
 
 
