@@ -84,7 +84,10 @@ def test_nsupdate_from_a_host_resolves_through_the_test_dns(testbed: Testbed) ->
     on_host = testbed.ssh(host, f"dig +short TXT probe.{DOMAIN}").stdout.strip()
     assert on_host == f'"from-{host.name}"'
     assert testbed.resolve(f"probe.{DOMAIN}", "TXT") == [f"from-{host.name}"]
-    assert testbed.resolve(DOMAIN) == [testbed.hosts[0].address]
+    # The zone's A record starts at the first host; provisioning (dns role) may have moved it to
+    # the host it provisioned in this same session, so any host of this bed is right.
+    (address,) = testbed.resolve(DOMAIN)
+    assert address in {h.address for h in testbed.hosts}
 
 
 def test_nsupdate_without_the_key_is_refused(testbed: Testbed) -> None:
