@@ -15,6 +15,7 @@ from deploy import lock
 from deploy import release
 from deploy import remote
 from deploy import rollback as rollback_module
+from deploy import rolling
 from deploy import status as status_module
 from deploy.remote import DeployError
 
@@ -25,6 +26,14 @@ HOSTS_HELP = "comma-separated inventory host names (default: every detector host
 def _hosts(inventory_arg: str, hosts: str) -> list[inventory.Host]:
     try:
         return inventory.load(inventory_arg or None, [h for h in hosts.split(",") if h] or None)
+    except inventory.InventoryError as exc:
+        remote.fail(f"error: {exc}")
+
+
+def _hosts_and_lb(inventory_arg: str, hosts: str):
+    try:
+        limit = [h for h in hosts.split(",") if h] or None
+        return inventory.load_with_balancer(inventory_arg or None, limit)
     except inventory.InventoryError as exc:
         remote.fail(f"error: {exc}")
 
@@ -51,9 +60,13 @@ def _each(hosts: list[inventory.Host], action, locked: str = "") -> None:
         "allow_dirty": "ship REF although the working tree has uncommitted changes",
         "hosts": HOSTS_HELP,
         "inventory": INVENTORY_HELP,
+        "batch": "with an lb: how many detectors are drained and deployed at a time (default 1)",
+        "continue_on_failure": "with an lb: hosts updated before a failing one keep the release",
     }
 )
-def deploy(c, ref="HEAD", allow_dirty=False, hosts="", inventory=""):
+def deploy(
+    c, ref="HEAD", allow_dirty=False, hosts="", inventory="", batch=1, continue_on_failure=False
+):
     """Ship a git ref as a new release with zero downtime.
 
     Builds the wheel on this machine, installs it into releases/<UTC-ts>-<sha>/ next to the
@@ -61,8 +74,11 @@ def deploy(c, ref="HEAD", allow_dirty=False, hosts="", inventory=""):
     then gates on /readyz and a real detection over HTTPS (the answer must name the new release).
     Needs the deploy lock. A failed gate switches back automatically and exits non-zero.
     Undo with `fab rollback`. Keeps detector_releases_keep releases.
+    With an `lb` inventory group: rolls over the detectors --batch at a time, each batch drained
+    at the lb first; a failure stops the roll and the hosts already updated go back to their
+    previous release unless --continue-on-failure. Prints a per-host summary.
     """
-    targets = _hosts(inventory, hosts)
+    targets, balancer = _hosts_and_lb(inventory, hosts)
     started = time.monotonic()
     try:
         art = release.build(ref, allow_dirty)
@@ -72,6 +88,18 @@ def deploy(c, ref="HEAD", allow_dirty=False, hosts="", inventory=""):
     print(
         f"built {art.wheel.name} from {ref} ({art.sha[:12]}) in {time.monotonic() - started:.1f}s"
     )
+    if balancer:
+        try:
+            outcomes = rolling.roll(
+                targets, balancer, art, rid, int(batch), bool(continue_on_failure)
+            )
+        except remote.FAILURES as exc:
+            remote.fail(f"error: {exc}")
+        finally:
+            shutil.rmtree(art.wheel.parent.parent, ignore_errors=True)
+        if any(o.state == rolling.FAILED for o in outcomes):
+            remote.fail(f"error: the roll of {rid} failed; see the summary above")
+        return
     for host in targets:
         c = remote.connect(host)
         try:
@@ -160,11 +188,14 @@ def renew_cert(c, force=False, dry_run=False, hosts="", inventory=""):
 
     Runs the timer's own service (or its program with --force/--dry-run), then reads the
     certificate served on 443 and 5000 from here before and after; a forced renewal must show a
-    new serial on every port. nginx reloads gracefully. Needs the deploy lock.
+    new serial on every port. nginx reloads gracefully. Needs the deploy lock. With an `lb`
+    inventory group it runs on the lb host (the only one with a certificate).
     """
     if force and dry_run:
         remote.fail("error: --dry-run always gets a test certificate; drop --force")
-    _each(_hosts(inventory, hosts), lambda cc, h: cert.renew(cc, h, force, dry_run), "renew-cert")
+    targets, balancer = _hosts_and_lb(inventory, hosts)
+    targets = [balancer.host] if balancer else targets  # with an lb only it has a certificate
+    _each(targets, lambda cc, h: cert.renew(cc, h, force, dry_run), "renew-cert")
 
 
 @task(help={"hosts": HOSTS_HELP, "inventory": INVENTORY_HELP})

@@ -43,8 +43,13 @@ def boot(c: Connection, host: Host, rid: str) -> str:
         with step(host, f"switch current and nginx to {idle}"):
             switch.point(c, rel, host.current_link)
             switch.upstream(c, host, idle)
-        with step(host, f"health gate https://{host.domain} ports {host.https_ports}"):
-            say(host, "gate: " + health.gate(host, rid))
+        where = (
+            f"http://127.0.0.1:{host.backend_port} on the host"
+            if host.backend_port
+            else f"https://{host.domain} ports {host.https_ports}"
+        )
+        with step(host, f"health gate {where}"):
+            say(host, "gate: " + health.gate(host, rid, c, image))
     except BaseException as exc:
         try:
             _switch_back(c, host, live, previous, idle)

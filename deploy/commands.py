@@ -252,3 +252,53 @@ def renew_cert(service: str, force: bool, dry_run: bool) -> list[list[str]]:
     setenv = sudo([SYSTEMCTL, "--no-pager", "set-environment", f"{RENEW_ARGS_VAR}={flag}"])
     unset = sudo([SYSTEMCTL, "--no-pager", "unset-environment", RENEW_ARGS_VAR])
     return [setenv, start, unset]
+
+
+def curl_http(url: str, seconds: int, upload: str | None = None) -> list[str]:
+    """Plain HTTP on the host itself (a detector's private port): headers, body, then status."""
+    argv = [CURL, "--silent", "--show-error", "--include", "--max-time", str(int(seconds))]
+    argv += ["--write-out", "\\n%{http_code}"]
+    if upload:
+        argv += ["--form", f"file=@{upload};type=image/jpeg"]
+    return argv + [url]
+
+
+def parse_included(out: str) -> tuple[int, dict, str]:
+    """Split `curl --include` output with a trailing status line: (status, headers, body).
+
+    Header names are lower-cased; of several header blocks (100 Continue) the last one counts.
+    """
+    text, _, code = out.replace("\r\n", "\n").rpartition("\n")
+    status = int(code) if code.strip().isdigit() else 0
+    head, body = text, ""
+    while head.startswith("HTTP/"):
+        head, _, body = head.partition("\n\n")
+        if not body.startswith("HTTP/"):
+            break
+        head = body
+    headers = {}
+    for line in head.splitlines()[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return status, headers, body
+
+
+def lb_upstream_conf(
+    name: str,
+    servers: list[tuple[str, bool]],
+    port: int,
+    max_fails: int,
+    fail_timeout_s: int,
+    keepalive: int,
+) -> str:
+    """The load balancer's upstream over the detectors; (address, down) per server.
+
+    Same text as ansible/roles/nginx/templates/lb-upstream.conf.j2 renders with nothing down.
+    """
+    lines = [f"upstream {name} {{", "    least_conn;"]
+    for address, down in servers:
+        line = f"    server {address}:{port} max_fails={max_fails} fail_timeout={fail_timeout_s}s"
+        lines.append(line + (" down;" if down else ";"))
+    lines += [f"    keepalive {keepalive};", "}"]
+    return "\n".join(lines) + "\n"

@@ -150,7 +150,34 @@ def gate_once(host: Host, rid: str, image: bytes) -> tuple[bool, str]:
     return True, "; ".join(notes)
 
 
-def gate(host: Host, rid: str) -> str:
-    """The health gate through nginx, polled to the inventory's deadline."""
+def backend_gate_once(c: Connection, host: Host, rid: str, image_remote: str) -> tuple[bool, str]:
+    """Behind a load balancer: the same checks through the host's nginx on its private port."""
+    base = f"http://127.0.0.1:{host.backend_port}"
+    ok, out = probe(c, commands.curl_http(base + "/readyz", 15), timeout=25)
+    code, headers, _ = commands.parse_included(out)
+    served = headers.get(RELEASE_HEADER.lower(), "")
+    if code != 200 or served != rid:
+        return False, f":{host.backend_port} /readyz {code}, release {served or 'missing'} != {rid}"
+    argv = commands.curl_http(base + "/api/v1/detect", 60, image_remote)
+    ok, out = probe(c, argv, timeout=75)
+    code, headers, body = commands.parse_included(out)
+    served = headers.get(RELEASE_HEADER.lower(), "")
+    good, summary = detection_summary(body)
+    if code != 200 or not good or served != rid:
+        port = host.backend_port
+        return False, f":{port} detect {code}, release {served or 'missing'}: {summary}"
+    return True, f":{host.backend_port} {summary}"
+
+
+def gate(host: Host, rid: str, c: Connection | None = None, image_remote: str = "") -> str:
+    """The health gate through nginx, polled to the inventory's deadline.
+
+    A host behind a load balancer (backend_port) is gated on the host over SSH, since its
+    firewall admits the private port only from the lb; the public ports are the lb's.
+    """
+    if host.backend_port and c is not None and image_remote:
+        what = f"{host.name}:{host.backend_port}"
+        check = lambda: backend_gate_once(c, host, rid, image_remote)  # noqa: E731
+        return wait_until(check, host.gate_timeout_s, what)
     image = SMOKE_IMAGE.read_bytes()
     return wait_until(lambda: gate_once(host, rid, image), host.gate_timeout_s, f"{host.domain}")

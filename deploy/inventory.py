@@ -8,12 +8,14 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 INVENTORY_ENV = "DETECTOR_INVENTORY"
 CA_BUNDLE_ENV = "DETECTOR_DEPLOY_CA_BUNDLE"
 DEFAULT_INVENTORY = "production"
 GROUP = "detector"
+LB_GROUP_VAR = "detector_lb_group"
 REPO = Path(__file__).resolve().parent.parent
 REQUIRED = (
     "ansible_host",
@@ -57,6 +59,8 @@ class Host:
     ca_bundle: str = ""
     drain_s: float = 5.0
     gate_timeout_s: float = 120.0
+    private_address: str = ""
+    backend_port: int = 0  # > 0: behind a load balancer, gated on this plain-HTTP port
 
     @property
     def releases_dir(self) -> str:
@@ -184,7 +188,67 @@ def host_from(name: str, v: dict) -> Host:
         ),
         drain_s=float(v.get("detector_deploy_drain_s", 5)),
         gate_timeout_s=float(v.get("detector_deploy_gate_timeout_s", 120)),
+        private_address=_private(v),
     )
+
+
+@dataclass(frozen=True)
+class Balancer:
+    """The `lb` group's host and the upstream it balances over every detector host."""
+
+    host: Host
+    servers: tuple[tuple[str, str], ...]  # (detector name, private address), inventory order
+    port: int
+    max_fails: int
+    fail_timeout_s: int
+    keepalive: int
+
+
+def lb_group(data: dict) -> str:
+    """The name of the load balancer group (detector_lb_group, default `lb`)."""
+    hostvars = data.get("_meta", {}).get("hostvars", {})
+    for v in hostvars.values():
+        if v.get(LB_GROUP_VAR):
+            return str(v[LB_GROUP_VAR])
+    return "lb"
+
+
+def balancer_from(data: dict) -> Balancer | None:
+    """The load balancer when the inventory has a non-empty lb group, else None (single shape)."""
+    names = _group_hosts(data, lb_group(data))
+    if not names:
+        return None
+    if len(names) != 1:
+        raise InventoryError(f"the lb group must hold one host, not {', '.join(names)}")
+    if GROUP not in data:
+        raise InventoryError(f"an inventory with an lb host needs the detectors in group {GROUP}")
+    hostvars = data.get("_meta", {}).get("hostvars", {})
+    v = hostvars.get(names[0], {})
+    servers = tuple((n, _private(hostvars.get(n, {}))) for n in _group_hosts(data, GROUP))
+    return Balancer(
+        host=host_from(names[0], v),
+        servers=servers,
+        port=int(v.get("detector_lb_backend_port") or 8080),
+        max_fails=int(v.get("detector_lb_max_fails") or 1),
+        fail_timeout_s=int(v.get("detector_lb_fail_timeout_s") or 10),
+        keepalive=int(v.get("detector_lb_keepalive") or 16),
+    )
+
+
+def _private(v: dict) -> str:
+    return str(v.get("detector_private_address") or v.get("ansible_host") or "")
+
+
+def load_with_balancer(
+    inventory: str | None = None, limit: list[str] | None = None
+) -> tuple[list[Host], Balancer | None]:
+    """Detector hosts to act on (each knows its lb backend port) and the load balancer, if any."""
+    data = read(resolve_path(inventory))
+    bal = balancer_from(data)
+    hosts = hosts_from(data, limit)
+    if bal:
+        hosts = [replace(h, backend_port=bal.port) for h in hosts]
+    return hosts, bal
 
 
 def _service_name(name: str) -> str:

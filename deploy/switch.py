@@ -46,10 +46,16 @@ def upstream(c: Connection, host: Host, color: str) -> None:
 
     An include that nginx rejects is replaced by the previous one before raising.
     """
+    text = commands.upstream_conf(host.upstream_name, host.socket(color))
+    install_upstream(c, host, text, color)
+
+
+def install_upstream(c: Connection, host: Host, text: str, what: str) -> None:
+    """Write host's upstream include, validate, graceful reload; restore it if nginx rejects it."""
     staged = f"{host.staging_dir}/nginx-upstream.conf"
     _, previous = probe(c, ["cat", host.upstream_conf])
     run(c, ["mkdir", "-p", host.staging_dir])
-    put_text(c, commands.upstream_conf(host.upstream_name, host.socket(color)), staged)
+    put_text(c, text, staged)
     run(c, commands.sudo(commands.install_root_file(staged, host.upstream_conf)))
     res = run(c, commands.sudo(commands.nginx_test()), warn=True)
     if res.failed:
@@ -57,7 +63,7 @@ def upstream(c: Connection, host: Host, color: str) -> None:
             put_text(c, previous + "\n", staged)
             run(c, commands.sudo(commands.install_root_file(staged, host.upstream_conf)))
         reason = (res.stderr or res.stdout).strip()
-        raise DeployError(f"nginx -t rejected {host.upstream_conf} for {color}: {reason}")
+        raise DeployError(f"nginx -t rejected {host.upstream_conf} for {what}: {reason}")
     run(c, commands.sudo(commands.systemctl("reload", "nginx.service")))
 
 
