@@ -66,7 +66,13 @@ def report(c: Connection, host: Host) -> list[str]:
             f"restarts {show.get('NRestarts', '?')}, "
             f"{len(workers)} worker(s), threads {threads}, RSS {rss / 1024:.0f} MiB"
         )
-    for port in host.https_ports:
+    if host.backend_port:  # behind the lb: its public ports are the lb's; check on the host
+        url = f"http://127.0.0.1:{host.backend_port}/readyz"
+        _, out = probe(c, commands.curl_http(url, 10), timeout=20)
+        code, headers, _ = commands.parse_included(out)
+        served = headers.get(health.RELEASE_HEADER.lower(), "-")
+        lines.append(f":{host.backend_port} (behind the lb) /readyz {code}, release {served}")
+    for port in () if host.backend_port else host.https_ports:
         try:
             ver = health.https(host, port, "GET", "/version", timeout=10)
             ready = health.https(host, port, "GET", "/readyz", timeout=10)

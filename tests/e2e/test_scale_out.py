@@ -200,6 +200,20 @@ def test_rolling_deploy_under_load_fails_no_request(scale, image):
     assert len(load.per_host()) == 2, load.per_host()
 
 
+def test_status_and_rollback_behind_the_lb(scale, image):
+    env, hosts, bal = scale
+    status = fab("status", env=env, name="status")
+    assert status.returncode == 0, status.stdout[-2000:] + status.stderr[-2000:]
+    assert status.stdout.count("(behind the lb) /readyz 200") == len(hosts), status.stdout
+    with Load(bal.host, image, clients=4, pause_s=0.5, max_s=600) as load:
+        proc = fab("rollback", env=env, name="rollback")
+        load.stop_event.wait(2)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    _record("rollback_under_load", {"requests": len(load.rows), "failed": len(load.failed())})
+    assert len(load.rows) > 0
+    assert not load.failed(), load.failed()[:5]
+
+
 def test_throughput_with_two_detectors_and_with_one(scale, image):
     _, hosts, bal = scale
     rates = {}
