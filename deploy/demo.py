@@ -33,10 +33,10 @@ def up() -> int:
     if (STATE / "bed.json").exists():
         raise SystemExit("demo: already up (test-artifacts/demo/bed.json); run `make demo-down`")
     sys.path.insert(0, str(REPO))
-    from tests.e2e.provisioning import playbook
-    from tests.e2e.provisioning import variables
-    from tests.e2e.provisioning import wheelhouse_requirements
-    from tests.testbed import Testbed
+    from testbed import Testbed
+    from testbed.provisioning import playbook
+    from testbed.provisioning import variables
+    from testbed.provisioning import wheelhouse_requirements
 
     STATE.mkdir(parents=True, exist_ok=True)
     times: dict = {}
@@ -88,7 +88,7 @@ def down() -> int:
         print("demo: nothing to stop")
         return 0
     bed_id = str(json.loads(state.read_text())["id"])
-    argv = [str(BIN / "python"), "-m", "tests.testbed", "--bed", bed_id, "down"]
+    argv = [str(BIN / "python"), "-m", "testbed", "--bed", bed_id, "down"]
     proc = subprocess.run(argv, cwd=REPO, timeout=600)
     if proc.returncode != 0:
         raise SystemExit(f"demo: `{' '.join(argv)}` failed")

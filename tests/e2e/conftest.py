@@ -1,7 +1,7 @@
 """Session fixtures for end-to-end tests: one test bed per pytest session, shared by every e2e test.
 
 Fixtures:
-- ``testbed``: a running :class:`tests.testbed.Testbed` (1 host; ``DETECTOR_TESTBED_HOSTS=N`` for
+- ``testbed``: a running :class:`testbed.Testbed` (1 host; ``DETECTOR_TESTBED_HOSTS=N`` for
   more): ``.hosts``, ``.inventory_path``, ``.acme.directory_url``, ``.acme.ca_bundle``,
   ``.dns.server``/``.dns.port``/``.dns.tsig``, ``.ssh(host, cmd)``, ``.variables()``.
 - ``testbed_hosts``: factory ``testbed_hosts(n, fresh=False)``: the first n hosts (booting more if
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.testbed import Testbed
-from tests.testbed import leftovers
+from testbed import Testbed
+from testbed import leftovers
 
 TOOLS = (
     "systemd-nspawn",

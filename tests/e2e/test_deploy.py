@@ -15,11 +15,11 @@ import pytest
 from deploy import cert
 from deploy import health
 from deploy import inventory
-from tests.e2e.provisioning import MODEL
-from tests.e2e.provisioning import playbook
-from tests.e2e.provisioning import variables
-from tests.e2e.provisioning import wheelhouse_requirements
-from tests.testbed import guard
+from testbed import guard
+from testbed.provisioning import MODEL
+from testbed.provisioning import playbook
+from testbed.provisioning import variables
+from testbed.provisioning import wheelhouse_requirements
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"

@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.provisioning import MODEL
-from tests.e2e.provisioning import REPO
-from tests.e2e.provisioning import Run
-from tests.e2e.provisioning import playbook
-from tests.e2e.provisioning import variables
-from tests.e2e.provisioning import wheelhouse_requirements
-from tests.testbed import DOMAIN
-from tests.testbed import Testbed
-from tests.testbed import guard
-from tests.testbed.hosts import Host
-from tests.testbed.hosts import ssh
+from testbed import DOMAIN
+from testbed import Testbed
+from testbed import guard
+from testbed.hosts import Host
+from testbed.hosts import ssh
+from testbed.provisioning import MODEL
+from testbed.provisioning import REPO
+from testbed.provisioning import Run
+from testbed.provisioning import playbook
+from testbed.provisioning import variables
+from testbed.provisioning import wheelhouse_requirements
 
 if __import__("sys").version_info >= (3, 11):
     import tomllib

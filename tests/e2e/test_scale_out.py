@@ -19,12 +19,12 @@ from deploy import health
 from deploy import inventory
 from deploy import remote
 from deploy import rolling
-from tests.e2e.provisioning import BIN
-from tests.e2e.provisioning import MODEL
-from tests.e2e.provisioning import variables
-from tests.e2e.provisioning import wheelhouse_requirements
-from tests.testbed import guard
-from tests.testbed.inventory import write_inventory
+from testbed import guard
+from testbed.inventory import write_inventory
+from testbed.provisioning import BIN
+from testbed.provisioning import MODEL
+from testbed.provisioning import variables
+from testbed.provisioning import wheelhouse_requirements
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "scale-out"

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.testbed import DOMAIN
-from tests.testbed import Testbed
-from tests.testbed import UnsafeAddress
-from tests.testbed import guard
-from tests.testbed import leftovers
+from testbed import DOMAIN
+from testbed import Testbed
+from testbed import UnsafeAddress
+from testbed import guard
+from testbed import leftovers
 
 VENV_BIN = Path(sys.executable).parent
 

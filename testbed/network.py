@@ -81,7 +81,7 @@ def create_bridge(bed_id: int) -> str:
         if other.version == 4 and other.overlaps(net) and route.get("dev") != name:
             raise RuntimeError(
                 f"subnet {net} overlaps route {dst} on {route.get('dev')}; "
-                "run `python -m tests.testbed down --all` or free that range"
+                "run `python -m testbed down --all` or free that range"
             )
     if name not in [link["ifname"] for link in _ip_json("link", "show")]:
         subprocess.run(["ip", "link", "add", name, "type", "bridge"], check=True)
@@ -120,5 +120,5 @@ def guard(address: str) -> str:
                 return address
     raise UnsafeAddress(
         f"refusing to contact {address}: it is not on a link the test bed created "
-        f"(bridges with alias '{LINK_ALIAS}'); run `python -m tests.testbed up` first"
+        f"(bridges with alias '{LINK_ALIAS}'); run `python -m testbed up` first"
     )

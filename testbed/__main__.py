@@ -1,4 +1,4 @@
-"""CLI: ``python -m tests.testbed up [--hosts N] | status | ssh HOST [CMD] | down``."""
+"""CLI: ``python -m testbed up [--hosts N] | status | ssh HOST [CMD] | down``."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _pick(bed_id: int | None) -> int:
     if len(unowned) == 1:
         return unowned[0]
     if not ids:
-        raise SystemExit("testbed: no bed is up; run `python -m tests.testbed up`")
+        raise SystemExit("testbed: no bed is up; run `python -m testbed up`")
     raise SystemExit(f"testbed: several beds are up ({ids}); pick one with --bed N")
 
 
@@ -40,7 +40,7 @@ def _on_term(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one verb."""
-    parser = argparse.ArgumentParser(prog="python -m tests.testbed", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m testbed", description=__doc__)
     parser.add_argument("--bed", type=int, help="bed id (default: the only one up)")
     verbs = parser.add_subparsers(dest="verb", required=True)
     up = verbs.add_parser("up", help="create a bed and boot hosts")
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.wheelhouse:
             bed.build_wheelhouse(args.wheelhouse)
         print(json.dumps(bed.status(), indent=2))
-        print(f"ssh: python -m tests.testbed --bed {bed.id} ssh host1")
+        print(f"ssh: python -m testbed --bed {bed.id} ssh host1")
         return 0
     if args.verb == "status":
         ids = bed_ids() if args.all or args.bed is None else [_pick(args.bed)]

@@ -10,9 +10,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.testbed import Testbed
+from testbed.bed import Testbed
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 ANSIBLE = REPO / "ansible"
 PLAYBOOK = ANSIBLE / "provision.yml"
 BIN = Path(sys.executable).parent

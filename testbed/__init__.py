@@ -2,7 +2,7 @@
 
 Python API (stable; the e2e fixtures in tests/e2e/conftest.py wrap it)::
 
-    from tests.testbed import Testbed
+    from testbed import Testbed
     bed = Testbed.allocate(suite="bookworm", owner_pid=os.getpid()).up(hosts=1)
     try:
         bed.hosts                 # [Host(name="host1", address="10.77.<id>.11", user="admin",
