@@ -12,9 +12,11 @@ from typing import NoReturn
 from fabric import Connection
 from invoke.exceptions import CommandTimedOut
 from invoke.exceptions import UnexpectedExit
+from paramiko.ssh_exception import BadHostKeyException
 from paramiko.ssh_exception import SSHException
 
 from deploy import commands
+from deploy import hostkeys
 from deploy.inventory import Host
 
 DEFAULT_TIMEOUT = 60
@@ -27,17 +29,38 @@ class DeployError(RuntimeError):
 FAILURES = (DeployError, OSError, SSHException)  # what a task reports as one line
 
 
+class VerifiedConnection(Connection):
+    """A Connection that trusts only known_hosts keys and says so clearly when a key differs."""
+
+    def open(self):
+        try:
+            return super().open()
+        except BadHostKeyException as exc:
+            files = hostkeys.trusted_files(self.deploy_host.known_hosts)
+            name = hostkeys.key_name(self.host, self.port)
+            raise hostkeys.HostKeyError(
+                hostkeys.changed_message(
+                    self.deploy_host.name, name, exc.key, exc.expected_key, files
+                )
+            ) from None
+
+
 def connect(host: Host) -> Connection:
-    """An SSH connection as the deploy user with the inventory's key; nothing in the environment."""
+    """An SSH connection as the deploy user with the inventory's key or the agent.
+
+    The host's key must be in the inventory's known_hosts file or ~/.ssh/known_hosts; an
+    unknown or changed key stops before login (`fab trust-host` records a confirmed one).
+    """
     kwargs = {"key_filename": [host.key_file]} if host.key_file else {}
-    conn = Connection(
+    conn = VerifiedConnection(
         host=host.address,
         user=host.user,
         port=host.ssh_port,
         connect_timeout=15,
-        connect_kwargs={**kwargs, "look_for_keys": not host.key_file, "allow_agent": False},
+        connect_kwargs={**kwargs, "look_for_keys": not host.key_file, "allow_agent": True},
     )
     conn.deploy_host = host
+    hostkeys.verify(conn.client, host.name, host.known_hosts)
     return conn
 
 
@@ -67,6 +90,8 @@ def run(c: Connection, argv_or_cmd, timeout: int = DEFAULT_TIMEOUT, warn: bool =
         return c.run(cmd, hide=True, warn=warn, timeout=timeout + 15, in_stream=False)
     except CommandTimedOut:
         raise DeployError(f"{c.host}: `{cmd}` did not finish within {timeout}s") from None
+    except hostkeys.HostKeyError as exc:
+        raise DeployError(str(exc)) from None
     except (SSHException, OSError) as exc:
         raise DeployError(
             f"{c.host}: ssh as {c.user} failed ({exc}); check the inventory"
