@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from dataclasses import replace
-from pathlib import Path
 
-INVENTORY_ENV = "DETECTOR_INVENTORY"
+from deploy.inventory_source import DEFAULTS_FILE
+from deploy.inventory_source import INVENTORY_ENV
+from deploy.inventory_source import REPO
+from deploy.inventory_source import InventoryError
+from deploy.inventory_source import read
+from deploy.inventory_source import resolve_path
+
+__all__ = ["INVENTORY_ENV", "REPO", "InventoryError", "read", "resolve_path"]
+
 CA_BUNDLE_ENV = "DETECTOR_DEPLOY_CA_BUNDLE"
-DEFAULT_INVENTORY = "production"
 GROUP = "detector"
 LB_GROUP_VAR = "detector_lb_group"
-REPO = Path(__file__).resolve().parent.parent
 REQUIRED = (
     "ansible_host",
     "detector_service",
@@ -31,10 +32,6 @@ REQUIRED = (
     "detector_nginx_upstream_name",
     "detector_certbot_renew_service",
 )
-
-
-class InventoryError(RuntimeError):
-    """The inventory cannot be read or lacks a setting fab needs."""
 
 
 @dataclass(frozen=True)
@@ -96,40 +93,6 @@ class Host:
         return f"{self.releases_dir}/{rid}"
 
 
-def resolve_path(inventory: str | None) -> Path:
-    """The inventory path: the argument, else $DETECTOR_INVENTORY, else `production`.
-
-    A bare name means `ansible/inventories/<name>`; anything with a slash is a path.
-    """
-    value = inventory or os.environ.get(INVENTORY_ENV) or DEFAULT_INVENTORY
-    path = Path(value) if ("/" in value or Path(value).is_absolute()) else None
-    path = path or REPO / "ansible" / "inventories" / value
-    if not path.exists():
-        raise InventoryError(
-            f"inventory {path} does not exist; pass --inventory NAME|PATH or set {INVENTORY_ENV}"
-        )
-    return path
-
-
-def _ansible_inventory() -> str:
-    local = Path(sys.executable).parent / "ansible-inventory"
-    found = str(local) if local.exists() else shutil.which("ansible-inventory")
-    if not found:
-        raise InventoryError("ansible-inventory not found; run `make setup`")
-    return found
-
-
-def read(path: Path) -> dict:
-    """Run `ansible-inventory --list` (group_vars merged) and return its JSON."""
-    argv = [_ansible_inventory(), "-i", str(path), "--playbook-dir", str(REPO / "ansible")]
-    argv.append("--list")
-    env = {**os.environ, "ANSIBLE_NOCOLOR": "1"}
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, check=False)
-    if proc.returncode != 0:
-        raise InventoryError(f"ansible-inventory -i {path} failed: {proc.stderr.strip()}")
-    return json.loads(proc.stdout)
-
-
 def _group_hosts(data: dict, group: str, seen: set[str] | None = None) -> list[str]:
     seen = seen if seen is not None else set()
     if group in seen or group not in data:
@@ -160,7 +123,15 @@ def host_from(name: str, v: dict) -> Host:
     missing = [k for k in REQUIRED if v.get(k) in (None, "")]
     if missing:
         raise InventoryError(
-            f"host {name} lacks {', '.join(missing)}; define them in ansible/group_vars/all.yml"
+            f"host {name} lacks {', '.join(missing)}; set them in the inventory's group_vars/all/"
+            f" (defaults: {DEFAULTS_FILE.relative_to(REPO)})"
+        )
+    unreadable = [k for k in REQUIRED if not isinstance(v[k], (str, int, list))]
+    unreadable += [k for k in REQUIRED if "{{" in str(v[k])]
+    if unreadable:
+        raise InventoryError(
+            f"host {name}: fab cannot read {', '.join(unreadable)} (a Jinja expression or a"
+            " vault value; fab never renders or decrypts); set a literal outside vault.yml"
         )
     ports = v["detector_https_ports"]
     ports = [ports] if isinstance(ports, (int, str)) else ports

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy.inventory_source import defaults
 from testbed.bed import Testbed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,18 +47,11 @@ class Run:
 
 def wheelhouse_requirements(path: Path) -> Path:
     """Write the requirements the hosts install (torch, the host lock, certbot) into one file."""
-    group_vars = (ANSIBLE / "group_vars" / "all.yml").read_text()
-    torch = next(
-        line.split(":", 1)[1].split("#")[0].strip()
-        for line in group_vars.splitlines()
-        if line.startswith("detector_torch_spec:")
-    )
-    version = next(
-        line.split(":", 1)[1].split("#")[0].strip()
-        for line in group_vars.splitlines()
-        if line.startswith("detector_certbot_version:")
-    )
-    lines = [torch, f"certbot-dns-rfc2136=={version}"]
+    settings = defaults()
+    lines = [
+        settings["detector_torch_spec"],
+        f"certbot-dns-rfc2136=={settings['detector_certbot_version']}",
+    ]
     for lock in ("requirements-host.txt", "requirements-certbot.txt"):
         lines += [
             line

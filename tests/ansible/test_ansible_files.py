@@ -25,7 +25,7 @@ else:  # pragma: no cover - Python 3.9/3.10
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"
 FILES = ANSIBLE / "files"
-GROUP_VARS = yaml.safe_load((ANSIBLE / "group_vars" / "all.yml").read_text())
+GROUP_VARS = yaml.safe_load((ANSIBLE / "roles" / "detector" / "defaults" / "main.yml").read_text())
 HOST_PYTHON = {**default_environment(), "python_version": "3.11", "extra": ""}
 
 
@@ -126,7 +126,7 @@ def test_manifest_filter_reads_the_service_manifest():
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> Path:
-    """detector.toml, the unit, the nginx site and sudoers rendered by ansible from group_vars."""
+    """detector.toml, the unit, the nginx site and sudoers rendered by ansible from the defaults."""
     playbook_bin = Path(sys.executable).parent / "ansible-playbook"
     if not playbook_bin.exists():
         pytest.skip("ansible-playbook is not installed in the venv; run `make setup`")
@@ -146,8 +146,9 @@ def rendered(tmp_path_factory) -> Path:
             "hosts": "localhost",
             "connection": "local",
             "gather_facts": False,
-            "vars_files": [str(ANSIBLE / "group_vars" / "all.yml")]
-            + [str(roles / r / "defaults" / "main.yml") for r in ("detector", "nginx", "certbot")]
+            "vars_files": [
+                str(roles / r / "defaults" / "main.yml") for r in ("detector", "nginx", "certbot")
+            ]
             + [str(roles / "deploy_access" / "defaults" / "main.yml")],
             "vars": {
                 "_detector_threads": 2,

@@ -11,12 +11,14 @@ import pytest
 import yaml
 
 from deploy.inventory import REQUIRED
+from deploy.inventory import read
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"
 ROLES = sorted(p for p in (ANSIBLE / "roles").iterdir() if p.is_dir())
 BIN = Path(sys.executable).parent
 EXAMPLE_INVENTORY = ANSIBLE / "inventories" / "example"
+SETTINGS = ANSIBLE / "roles" / "detector" / "defaults" / "main.yml"  # every detector_* default
 
 
 def _tool(name: str) -> str:
@@ -76,19 +78,21 @@ def test_argument_specs_document_every_default(role: Path):
 
 
 @pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
-def test_role_variables_are_prefixed_and_derived_from_group_vars(role: Path):
+def test_role_variables_are_prefixed_and_derived_from_the_settings(role: Path):
     defaults = _load(role / "defaults" / "main.yml") or {}
-    group_vars = _load(ANSIBLE / "group_vars" / "all.yml")
+    settings = _load(SETTINGS)
     for name in defaults:
         assert name.startswith(role.name + "_"), name
-    # A role default that is a plain literal must not repeat a group_vars value.
-    literals = {str(v) for v in group_vars.values() if isinstance(v, (str, int)) and str(v)}
+    if role.name == "detector":
+        return  # its defaults ARE the settings
+    # A role default that is a plain literal must not repeat a detector_* setting's value.
+    literals = {str(v) for v in settings.values() if isinstance(v, (str, int)) and str(v)}
     repeated = [
         name
         for name, value in defaults.items()
         if isinstance(value, str) and "{{" not in value and value in literals and len(value) > 3
     ]
-    assert not repeated, f"{role.name} repeats group_vars literals in {repeated}"
+    assert not repeated, f"{role.name} repeats detector_* literals in {repeated}"
 
 
 @pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
@@ -101,26 +105,19 @@ def test_tasks_main_is_a_table_of_contents(role: Path):
     assert (role / "meta" / "main.yml").is_file()
 
 
-def test_group_vars_are_the_single_source_of_names():
-    group_vars = _load(ANSIBLE / "group_vars" / "all.yml")
-    assert all(name.startswith("detector_") for name in group_vars)
-    # Fabric reads these with ansible-inventory, which does not render Jinja: they are literals.
+def test_detector_defaults_are_the_single_source_of_names():
+    settings = _load(SETTINGS)
+    assert all(name.startswith("detector_") for name in settings)
+    assert not (ANSIBLE / "group_vars").exists()  # playbook group_vars would outrank inventories
+    # Fabric reads these as literals (it renders no Jinja).
     for name in (n for n in REQUIRED if n.startswith("detector_")):
-        assert "{{" not in str(group_vars[name]), name
+        assert "{{" not in str(settings[name]), name
 
 
 def test_example_inventory_overrides_the_defaults():
-    """Inventory values rank above ansible/group_vars/all.yml only from group_vars/<group>/."""
-    result = subprocess.run(
-        [_tool("ansible-inventory"), "-i", str(EXAMPLE_INVENTORY), "--playbook-dir", str(ANSIBLE)]
-        + ["--host", "detector-vm"],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    host = yaml.safe_load(result.stdout)
-    assert host["detector_acme_staging"] is True  # all.yml says false
+    """fab's view of the example inventory: its values over the detector role's defaults."""
+    _tool("ansible-inventory")
+    host = read(EXAMPLE_INVENTORY)["_meta"]["hostvars"]["detector-vm"]
+    assert host["detector_acme_staging"] is True  # the defaults say false
     assert host["detector_dns_records"] is True
     assert host["detector_app_root"] == "/opt/detector"

@@ -278,39 +278,3 @@ def test_release_venv_over_a_venv_base_imports_the_release_not_the_base(tmp_path
     assert res.stdout.strip().startswith(str(rel))  # detector comes from the release
     flask = sh(commands.shell([rel_python, "-c", "import flask; print(flask.__file__)"]))
     assert flask.stdout.strip().startswith(str(Path(sys.prefix)))  # deps from the base env
-
-
-def test_inventory_merges_group_vars_and_names_missing_settings(tmp_path):
-    """The real ansible-inventory: ansible/group_vars/all.yml values reach fab's Host entries."""
-    from deploy import inventory
-
-    inv = tmp_path / "hosts.yml"
-    inv.write_text(
-        "all:\n  children:\n    detector:\n      hosts:\n        web1:\n"
-        "          ansible_host: 10.77.0.2\n          detector_domain: detector.test\n"
-        "          ansible_ssh_private_key_file: /k/id\n"
-        "          detector_socket_dir: /run/detector\n"
-        "          detector_nginx_upstream_conf: /etc/nginx/detector-upstream.conf\n"
-        "          detector_nginx_upstream_name: detector\n"
-        "    lb:\n      hosts:\n        lb1:\n          ansible_host: 10.77.0.9\n"
-    )
-    data = inventory.read(inventory.resolve_path(str(inv)))
-    (host,) = inventory.hosts_from(data)
-    group_vars = (inventory.REPO / "ansible" / "group_vars" / "all.yml").read_text()
-    assert f"detector_app_root: {host.app_root}" in group_vars
-    assert (host.name, host.address, host.domain, host.key_file) == (
-        "web1",
-        "10.77.0.2",
-        "detector.test",
-        "/k/id",
-    )
-    assert host.socket("green") == "/run/detector/green.sock"
-    assert host.release_dir("r1") == f"{host.app_root}/releases/r1"
-    with pytest.raises(inventory.InventoryError, match="not in the inventory"):
-        inventory.hosts_from(data, ["lb1"])
-    lb_vars = dict(data["_meta"]["hostvars"]["lb1"])
-    del lb_vars["detector_domain"]
-    with pytest.raises(inventory.InventoryError, match="lb1 lacks .*detector_domain"):
-        inventory.host_from("lb1", lb_vars)
-    with pytest.raises(inventory.InventoryError, match="DETECTOR_INVENTORY"):
-        inventory.resolve_path(str(tmp_path / "absent"))
