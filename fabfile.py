@@ -10,6 +10,7 @@ from fabric import task
 from deploy import boot
 from deploy import cert
 from deploy import commands
+from deploy import hostkeys
 from deploy import inventory
 from deploy import lock
 from deploy import release
@@ -184,7 +185,7 @@ def logs(c, follow=False, lines=100, hosts="", inventory=""):
 def renew_cert(c, force=False, dry_run=False, hosts="", inventory=""):
     """Run the certificate renewal the timer runs, then verify it.
 
-    Runs the timer's own service (or its program with --force/--dry-run), then reads the
+    Runs the timer's own service (--force/--dry-run: its twin unit with that flag), then reads the
     certificate served on 443 and 5000 from here before and after; a forced renewal must show a
     new serial on every port. nginx reloads gracefully. Needs the deploy lock. With an `lb`
     inventory group it runs on the lb host (the only one with a certificate).
@@ -194,6 +195,44 @@ def renew_cert(c, force=False, dry_run=False, hosts="", inventory=""):
     targets, balancer = _hosts_and_lb(inventory, hosts)
     targets = [balancer.host] if balancer else targets  # with an lb only it has a certificate
     _each(targets, lambda cc, h: cert.renew(cc, h, force, dry_run), "renew-cert")
+
+
+@task(
+    help={
+        "fingerprint": "the SHA256:... key fingerprint checked on the host's console (no prompt)",
+        "hosts": "comma-separated inventory host names, the lb included (default: all)",
+        "inventory": INVENTORY_HELP,
+    }
+)
+def trust_host(c, fingerprint="", hosts="", inventory=""):
+    """Record a host's SSH key after checking its fingerprint.
+
+    fab refuses hosts whose key is not known. This shows the SHA256 fingerprint a host offers
+    and asks whether it matches `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host's
+    console (or compares it with --fingerprint), then appends the key to the inventory's
+    known_hosts file (detector_ssh_known_hosts, or UserKnownHostsFile in
+    ansible_ssh_common_args), else ~/.ssh/known_hosts. A key that differs from a known one is
+    refused: remove the old line with `ssh-keygen -R` only after checking why it changed.
+    """
+    detectors, balancer = _hosts_and_lb(inventory, "")
+    everyone = detectors + ([balancer.host] if balancer else [])
+    wanted = [h for h in hosts.split(",") if h]
+    unknown = sorted(set(wanted) - {h.name for h in everyone})
+    if unknown:
+        remote.fail(f"error: host(s) {', '.join(unknown)} not in the inventory; see --inventory")
+    targets = [h for h in everyone if not wanted or h.name in wanted]
+    if fingerprint and len(targets) != 1:
+        remote.fail("error: --fingerprint names one host's key; add --hosts NAME")
+    for host in targets:
+        try:
+            print(
+                hostkeys.trust(
+                    host.name, host.address, host.ssh_port, host.known_hosts, fingerprint
+                ),
+                flush=True,
+            )
+        except (*remote.FAILURES, EOFError) as exc:
+            remote.fail(f"error: {exc}")
 
 
 @task(help={"hosts": HOSTS_HELP, "inventory": INVENTORY_HELP})

@@ -1,11 +1,13 @@
-"""Health checks: a deadline poller, the idle color's smoke test on its socket, the HTTPS gate."""
+"""Health checks: a deadline poller, the idle color's smoke test on its socket, the HTTPS gate.
+
+Every check wants the upload page (`GET /`: 200, HTML, the page's file input) and a real
+detection of deploy/smoke.jpg that finds what the picture shows (a cup): an empty answer fails.
+"""
 
 from __future__ import annotations
 
 import http.client
 import json
-import socket
-import ssl
 import time
 import uuid
 from dataclasses import dataclass
@@ -15,11 +17,16 @@ from typing import Callable
 from fabric import Connection
 
 from deploy import commands
+from deploy import tls
 from deploy.inventory import Host
 from deploy.remote import DeployError
 from deploy.remote import probe
 
 SMOKE_IMAGE = Path(__file__).with_name("smoke.jpg")
+# What yolov3 and yolov3-tiny (416) find in smoke.jpg (a coffee cup, scikit-image, CC0); a model
+# or size that misses it sets detector_deploy_smoke_labels in the inventory.
+SMOKE_LABELS = ("cup",)
+PAGE_MARKER = 'id="file-input"'  # the upload page's file input (service/detector/templates)
 RELEASE_HEADER = "X-Detector-Release"
 
 
@@ -59,8 +66,13 @@ def parse_curl(out: str) -> tuple[int, str]:
     return (int(code) if code.isdigit() else 0), body
 
 
-def detection_summary(body: str) -> tuple[bool, str]:
-    """A detection answer is JSON with a detections list; summarize its labels."""
+def expected_labels(host: Host) -> tuple[str, ...]:
+    """The labels the smoke image must yield on host (inventory override, else SMOKE_LABELS)."""
+    return host.smoke_labels or SMOKE_LABELS
+
+
+def detection_summary(body: str, expected: tuple[str, ...] = SMOKE_LABELS) -> tuple[bool, str]:
+    """A detection answer is JSON whose detections include every expected label; summarize it."""
     try:
         data = json.loads(body)
     except ValueError:
@@ -69,7 +81,22 @@ def detection_summary(body: str) -> tuple[bool, str]:
     if not isinstance(dets, list):
         return False, f"no detections list in {body[:120]!r}"
     labels = sorted({str(d.get("label")) for d in dets if isinstance(d, dict)})
-    return True, f"{len(dets)} detection(s): {', '.join(labels) or 'none'}"
+    summary = f"{len(dets)} detection(s): {', '.join(labels) or 'none'}"
+    missing = [label for label in expected if label not in labels]
+    if missing:
+        return False, f"{summary}; the smoke image must yield {', '.join(missing)}"
+    return True, summary
+
+
+def page_summary(status: int, content_type: str, body: str) -> tuple[bool, str]:
+    """GET / must serve the upload page: 200, text/html, with the page's file input."""
+    if status != 200:
+        return False, f"GET / answered {status or 'nothing'}"
+    if content_type and not content_type.startswith("text/html"):
+        return False, f"GET / served {content_type}, not the upload page"
+    if PAGE_MARKER not in body:
+        return False, f"GET / lacks the upload page's {PAGE_MARKER}: {body[:80]!r}"
+    return True, "page ok"
 
 
 def smoke_color(c: Connection, host: Host, color: str, image_remote: str) -> str:
@@ -82,16 +109,17 @@ def smoke_color(c: Connection, host: Host, color: str, image_remote: str) -> str
         return code == 200, f"/readyz {code or 'no answer'} {body[:100]}"
 
     wait_until(ready, host.gate_timeout_s, f"{commands.unit(host.service, color)} /readyz")
+    ok, out = probe(c, commands.curl_unix(sock, "/", 20), timeout=30)
+    code, body = parse_curl(out)
+    good, summary = page_summary(code, "", body)  # curl_unix shows no headers: judge the body
+    if not good:
+        raise DeployError(f"upload page on {sock}: {summary}")
     ok, out = probe(c, commands.curl_unix(sock, "/api/v1/detect", 60, image_remote), timeout=75)
     code, body = parse_curl(out)
-    good, summary = detection_summary(body)
+    good, summary = detection_summary(body, expected_labels(host))
     if code != 200 or not good:
         raise DeployError(f"smoke detection on {sock} answered {code}: {summary}")
     return summary
-
-
-def _tls_context(ca_bundle: str) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=ca_bundle or None)
 
 
 def https(
@@ -102,12 +130,16 @@ def https(
     body: bytes | None = None,
     headers: dict | None = None,
     timeout: float = 60,
+    trust: tls.Trust | None = None,
 ) -> Response:
-    """One HTTPS request to the host's address with the domain as SNI and Host, chain verified."""
-    ctx = _tls_context(host.ca_bundle)
-    raw = socket.create_connection((host.address, port), timeout=timeout)
-    conn = http.client.HTTPSConnection(host.domain, port, timeout=timeout, context=ctx)
-    conn.sock = ctx.wrap_socket(raw, server_hostname=host.domain)
+    """One HTTPS request to the host's address with the domain as SNI and Host.
+
+    The certificate is checked per trust (default: tls.trust_for(None, host): the inventory's CA
+    file or the system CAs; a staging host needs the pinned trust from tls.trust_for(c, host)).
+    """
+    trust = trust or tls.trust_for(None, host)
+    conn = http.client.HTTPSConnection(host.domain, port, timeout=timeout)
+    conn.sock = tls.wrap(host, port, trust, timeout)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
@@ -127,27 +159,38 @@ def multipart(field: str, filename: str, data: bytes, ctype: str = "image/jpeg")
     return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
-def detect(host: Host, port: int, image: bytes, timeout: float = 60) -> Response:
+def detect(
+    host: Host, port: int, image: bytes, timeout: float = 60, trust: tls.Trust | None = None
+) -> Response:
     """POST /api/v1/detect through nginx."""
     body, headers = multipart("file", "smoke.jpg", image)
-    return https(host, port, "POST", "/api/v1/detect", body, headers, timeout)
+    return https(host, port, "POST", "/api/v1/detect", body, headers, timeout, trust)
 
 
-def gate_once(host: Host, rid: str, image: bytes) -> tuple[bool, str]:
-    """Every public port: /readyz 200, a real detection 200, both answered by release rid."""
+def gate_once(
+    host: Host, rid: str, image: bytes, trust: tls.Trust | None = None
+) -> tuple[bool, str]:
+    """Every public port: /readyz 200, the upload page, the smoke image's labels, all from rid."""
+    trust = trust or tls.trust_for(None, host)
     notes = []
     for port in host.https_ports:
-        ready = https(host, port, "GET", "/readyz", timeout=15)
+        ready = https(host, port, "GET", "/readyz", timeout=15, trust=trust)
         served = ready.headers.get(RELEASE_HEADER.lower(), "")
         if ready.status != 200 or served != rid:
             return False, f":{port} /readyz {ready.status}, release {served or 'missing'} != {rid}"
-        res = detect(host, port, image)
+        page = https(host, port, "GET", "/", timeout=15, trust=trust)
+        good, summary = page_summary(
+            page.status, page.headers.get("content-type", ""), page.body.decode(errors="replace")
+        )
+        if not good:
+            return False, f":{port} {summary}"
+        res = detect(host, port, image, trust=trust)
         served = res.headers.get(RELEASE_HEADER.lower(), "")
-        good, summary = detection_summary(res.body.decode(errors="replace"))
+        good, summary = detection_summary(res.body.decode(errors="replace"), expected_labels(host))
         if res.status != 200 or not good or served != rid:
             return False, f":{port} detect {res.status}, release {served or 'missing'}: {summary}"
         notes.append(f":{port} {summary}")
-    return True, "; ".join(notes)
+    return True, "; ".join(notes) + f" ({trust.describe()})"
 
 
 def backend_gate_once(c: Connection, host: Host, rid: str, image_remote: str) -> tuple[bool, str]:
@@ -158,11 +201,16 @@ def backend_gate_once(c: Connection, host: Host, rid: str, image_remote: str) ->
     served = headers.get(RELEASE_HEADER.lower(), "")
     if code != 200 or served != rid:
         return False, f":{host.backend_port} /readyz {code}, release {served or 'missing'} != {rid}"
+    ok, out = probe(c, commands.curl_http(base + "/", 15), timeout=25)
+    code, headers, body = commands.parse_included(out)
+    good, summary = page_summary(code, headers.get("content-type", ""), body)
+    if not good:
+        return False, f":{host.backend_port} {summary}"
     argv = commands.curl_http(base + "/api/v1/detect", 60, image_remote)
     ok, out = probe(c, argv, timeout=75)
     code, headers, body = commands.parse_included(out)
     served = headers.get(RELEASE_HEADER.lower(), "")
-    good, summary = detection_summary(body)
+    good, summary = detection_summary(body, expected_labels(host))
     if code != 200 or not good or served != rid:
         port = host.backend_port
         return False, f":{port} detect {code}, release {served or 'missing'}: {summary}"
@@ -180,4 +228,6 @@ def gate(host: Host, rid: str, c: Connection | None = None, image_remote: str = 
         check = lambda: backend_gate_once(c, host, rid, image_remote)  # noqa: E731
         return wait_until(check, host.gate_timeout_s, what)
     image = SMOKE_IMAGE.read_bytes()
-    return wait_until(lambda: gate_once(host, rid, image), host.gate_timeout_s, f"{host.domain}")
+    trust = tls.trust_for(c, host)
+    check = lambda: gate_once(host, rid, image, trust)  # noqa: E731
+    return wait_until(check, host.gate_timeout_s, f"{host.domain}")

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from dataclasses import replace
 
+from deploy import hostkeys
 from deploy.inventory_source import DEFAULTS_FILE
 from deploy.inventory_source import INVENTORY_ENV
 from deploy.inventory_source import REPO
@@ -58,6 +59,11 @@ class Host:
     gate_timeout_s: float = 120.0
     private_address: str = ""
     backend_port: int = 0  # > 0: behind a load balancer, gated on this plain-HTTP port
+    known_hosts: tuple[str, ...] = ()  # inventory known_hosts files, before ~/.ssh/known_hosts
+    smoke_labels: tuple[str, ...] = ()  # labels deploy/smoke.jpg must yield; () = health's own
+    acme_staging: bool = False  # staging or a private ACME server: the gate pins the installed
+    acme_server: str = ""  # certificate instead of trusting the system CAs (deploy/health.py)
+    cert_state_dir: str = ""  # public copy of the installed chain, renewal failure marker
 
     @property
     def releases_dir(self) -> str:
@@ -160,6 +166,11 @@ def host_from(name: str, v: dict) -> Host:
         drain_s=float(v.get("detector_deploy_drain_s", 5)),
         gate_timeout_s=float(v.get("detector_deploy_gate_timeout_s", 120)),
         private_address=_private(v),
+        known_hosts=hostkeys.known_hosts_files(v),
+        smoke_labels=tuple(str(x) for x in v.get("detector_deploy_smoke_labels") or ()),
+        acme_staging=str(v.get("detector_acme_staging", "")).lower() in ("true", "yes", "1"),
+        acme_server=str(v.get("detector_acme_server") or ""),
+        cert_state_dir=str(v.get("detector_cert_state_dir") or "").rstrip("/"),
     )
 
 

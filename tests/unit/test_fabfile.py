@@ -10,7 +10,7 @@ from pathlib import Path
 import fabfile
 
 ROOT = Path(__file__).resolve().parents[2]
-TASKS = ["deploy", "logs", "renew-cert", "restart", "rollback", "status", "unlock"]
+TASKS = ["deploy", "logs", "renew-cert", "restart", "rollback", "status", "trust-host", "unlock"]
 
 
 def _fab(*args: str) -> str:
