@@ -114,7 +114,7 @@ def deploy(
 
 @task(
     help={
-        "to": "release id to go back to (default: the one before current)",
+        "to": "release id to go back to (default: the last complete one that was live before)",
         "hosts": HOSTS_HELP,
         "inventory": INVENTORY_HELP,
     }
@@ -123,7 +123,9 @@ def rollback(c, to="", hosts="", inventory=""):
     """Serve the previous (or a named) release again.
 
     No rebuild: boots a kept release on the idle color, smoke-checks it, switches, and gates it
-    like a deploy (failure switches back). Needs the deploy lock. `fab status` lists releases.
+    like a deploy (failure switches back). Needs the deploy lock. Only a complete release that
+    was live before qualifies (never a half-installed or failed one; a release rolled back from
+    only with --to). `fab status` lists releases and their states.
     """
     _each(_hosts(inventory, hosts), lambda cc, h: rollback_module.rollback(cc, h, to), "rollback")
 

@@ -16,8 +16,10 @@ from deploy.remote import say
 from deploy.remote import step
 
 
-def boot(c: Connection, host: Host, rid: str) -> str:
+def boot(c: Connection, host: Host, rid: str, kind: str = "deploy") -> str:
     """Serve release rid with no failed request; on any failure the previous release stays served.
+
+    A passed gate is appended to shared/history as `kind` (rollback targets come from it).
 
     Returns the gate's summary. Raises DeployError naming the reason and what is served now.
     """
@@ -25,6 +27,7 @@ def boot(c: Connection, host: Host, rid: str) -> str:
     live = switch.live_color(c, host)
     idle = commands.other_color(live) if live else commands.COLORS[0]
     previous = switch.target_of(c, host.current_link)
+    before = release.current_id(c, host)
     image = release.upload_smoke_image(c, host)
     idle_unit = commands.unit(host.service, idle)
     try:
@@ -50,6 +53,7 @@ def boot(c: Connection, host: Host, rid: str) -> str:
         )
         with step(host, f"health gate {where}"):
             say(host, "gate: " + health.gate(host, rid, c, image))
+        release.record_live(c, host, kind, rid, before)
     except BaseException as exc:
         try:
             _switch_back(c, host, live, previous, idle)
@@ -108,4 +112,4 @@ def restart(c: Connection, host: Host) -> None:
     rid = switch.release_of(switch.target_of(c, host.current_link))
     if not rid:
         raise DeployError(f"no current release on {host.name}; run `fab deploy` first")
-    boot(c, host, rid)
+    boot(c, host, rid, kind="restart")

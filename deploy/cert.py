@@ -65,15 +65,10 @@ def renew(c: Connection, host: Host, force: bool, dry_run: bool, wait_s: float =
     before = served_all(host)
     for s in before.values():
         say(host, "before " + describe(s))
-    steps = commands.renew_cert(host.renew_service, force, dry_run)
+    unit = commands.renew_unit(host.renew_service, force, dry_run)
     flag = "forced" if force else "dry run" if dry_run else "when due"
-    with step(host, f"renew ({flag}): start {host.renew_service}"):
-        try:
-            for argv in steps[:2]:
-                run(c, argv, timeout=600)
-        finally:
-            if len(steps) == 3:
-                run(c, steps[2])
+    with step(host, f"renew ({flag}): start {unit}"):
+        run(c, commands.renew_cert(host.renew_service, force, dry_run), timeout=600)
     after = served_all(host)
     if force and not dry_run:
         deadline = time.monotonic() + wait_s

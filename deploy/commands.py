@@ -235,23 +235,26 @@ def nginx_draining() -> list[str]:
     return ["sh", "-c", "ps -eo args= | grep -c '^nginx: worker process is shutting down' || true"]
 
 
-RENEW_ARGS_VAR = "DETECTOR_CERTBOT_EXTRA_ARGS"
+RENEW_INSTANCES = {"force": "--force-renewal", "dry-run": "--dry-run"}  # flag fixed in the unit
 
 
-def renew_cert(service: str, force: bool, dry_run: bool) -> list[list[str]]:
-    """The timer's own service, with extra certbot flags passed through the manager environment.
+def renew_unit(service: str, force: bool, dry_run: bool) -> str:
+    """The renewal unit to start: the timer's own, or its twin `<name>@force|@dry-run.service`.
 
-    Returns the argv steps; the last one (unset) must run even when the start fails.
+    The twin's flag is written in its root-owned unit file: nothing is set in the service
+    manager's environment, so a dropped connection can never leave a flag for later timer runs.
     """
     if force and dry_run:
         raise ValueError("--dry-run always gets a test certificate; drop --force")
-    start = sudo(systemctl("start", service))
     if not force and not dry_run:
-        return [start]
-    flag = "--force-renewal" if force else "--dry-run"
-    setenv = sudo([SYSTEMCTL, "--no-pager", "set-environment", f"{RENEW_ARGS_VAR}={flag}"])
-    unset = sudo([SYSTEMCTL, "--no-pager", "unset-environment", RENEW_ARGS_VAR])
-    return [setenv, start, unset]
+        return service
+    name = service.removesuffix(".service")
+    return f"{name}@{'force' if force else 'dry-run'}.service"
+
+
+def renew_cert(service: str, force: bool, dry_run: bool) -> list[str]:
+    """Start one renewal run (sudoers allows exactly these starts)."""
+    return sudo(systemctl("start", renew_unit(service, force, dry_run)))
 
 
 def curl_http(url: str, seconds: int, upload: str | None = None) -> list[str]:

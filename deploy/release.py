@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shlex
 import shutil
 import subprocess
 import sys
@@ -13,12 +14,14 @@ from pathlib import Path
 from fabric import Connection
 
 from deploy import commands
+from deploy import history
 from deploy.health import SMOKE_IMAGE
 from deploy.inventory import REPO
 from deploy.inventory import Host
 from deploy.remote import DeployError
 from deploy.remote import probe
 from deploy.remote import run
+from deploy.remote import say
 from deploy.switch import release_of
 from deploy.switch import target_of
 
@@ -104,6 +107,9 @@ def install(c: Connection, host: Host, art: Artifact, rid: str) -> str:
         run(c, commands.write_file(f"{rel}/REVISION", art.sha + "\n"))
         run(c, commands.write_file(f"{rel}/release.env", commands.release_env(rid)))
         run(c, commands.import_check(rel_python), timeout=180)
+        run(
+            c, commands.write_file(f"{rel}/{history.COMPLETE}", "install and import check passed\n")
+        )
     except BaseException:
         probe(c, ["rm", "-rf", "--", rel], timeout=120)
         raise
@@ -111,9 +117,51 @@ def install(c: Connection, host: Host, art: Artifact, rid: str) -> str:
 
 
 def discard(c: Connection, host: Host, rel: str) -> None:
-    """Remove a release that failed its checks, so that `fab rollback` never picks it."""
-    if release_of(rel) != release_of(target_of(c, host.current_link)):
+    """Mark a release that failed its checks FAILED, then remove it: never a rollback target.
+
+    The marker comes first, so a removal cut short still leaves a refused release.
+    """
+    if release_of(rel) != current_id(c, host):
+        probe(c, commands.write_file(f"{rel}/{history.FAILED}", "smoke check or gate failed\n"))
         probe(c, ["rm", "-rf", "--", rel], timeout=120)
+
+
+def current_id(c: Connection, host: Host) -> str:
+    """The release `current` resolves to (through a color link too), '' when none."""
+    ok, out = probe(c, ["readlink", "-f", host.current_link])
+    rid = release_of(out) if ok else ""
+    return rid if commands.is_release_id(rid) else ""
+
+
+def history_file(host: Host) -> str:
+    """Where successful switches are recorded (shared/, survives pruning)."""
+    return f"{host.shared_dir}/{history.HISTORY}"
+
+
+def state(c: Connection, host: Host) -> history.State:
+    """Releases, their markers and the history, in one round trip."""
+    _, out = probe(c, history.state_command(host.releases_dir, history_file(host)), timeout=60)
+    return history.parse_state(out + "\n", current_id(c, host))
+
+
+def record_live(c: Connection, host: Host, kind: str, rid: str, previous: str) -> None:
+    """Append a passed switch to the history; a previous release from before markers is adopted.
+
+    Adopted: it was serving, so its install was complete (fab removed failed installs).
+    """
+    line = history.history_line(kind, rid, previous)
+    ok, _ = probe(c, f"printf %s {shlex.quote(line)} >> {shlex.quote(history_file(host))}")
+    if not ok:
+        say(host, f"warning: could not record {rid} in {history_file(host)}; rollback skips it")
+    if previous and commands.is_release_id(previous):
+        prev = host.release_dir(previous)
+        marks = [f"{prev}/{history.COMPLETE}", f"{prev}/{history.FAILED}"]
+        adopt = commands.write_file(marks[0], "adopted: was live before markers existed\n")
+        probe(
+            c,
+            f"test -d {shlex.quote(prev)} && ! test -e {shlex.quote(marks[0])} && "
+            f"! test -e {shlex.quote(marks[1])} && {adopt}",
+        )
 
 
 def upload_smoke_image(c: Connection, host: Host) -> str:
@@ -132,9 +180,11 @@ def listing(c: Connection, host: Host) -> list[str]:
 
 
 def protected(c: Connection, host: Host) -> set[str]:
-    """Releases in use: current and both colors."""
-    links = [host.current_link] + [host.color_link(col) for col in commands.COLORS]
-    return {release_of(target_of(c, link)) for link in links} - {""}
+    """Releases prune keeps: current, both colors' and the one `fab rollback` would pick."""
+    links = [host.color_link(col) for col in commands.COLORS]
+    keep = {release_of(target_of(c, link)) for link in links}
+    st = state(c, host)
+    return (keep | {st.current, history.target_or_none(st)}) - {""}
 
 
 def prune(c: Connection, host: Host) -> list[str]:

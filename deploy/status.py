@@ -10,6 +10,7 @@ from fabric import Connection
 from deploy import cert
 from deploy import commands
 from deploy import health
+from deploy import history
 from deploy import lock
 from deploy import release
 from deploy import switch
@@ -88,8 +89,9 @@ def report(c: Connection, host: Host) -> list[str]:
             lines.append("cert " + cert.describe(cert.served(host, port)))
         except (OSError, ValueError) as exc:
             lines.append(f"cert :{port} unreadable: {exc}")
-    kept = release.listing(c, host)
-    lines.append(f"releases kept ({len(kept)}): {', '.join(kept) or 'none'}")
+    kept = release.state(c, host)
+    lines.append(f"releases kept ({len(kept.releases)}), oldest first:")
+    lines += ["  " + line for line in history.describe(kept)] or ["  none"]
     held = lock.status(c, host.lock_dir)
     lines.append(held or "deploy lock free")
     return lines

@@ -236,7 +236,11 @@ def test_rendered_sudoers_grants_only_the_contract_commands(rendered: Path):
     assert "ALL=(ALL)" not in sudoers and "NOPASSWD: ALL" not in sudoers
     renew = (rendered / "renew.service").read_text()
     assert "Environment=REQUESTS_CA_BUNDLE=" in renew
-    assert "--no-random-sleep-on-renew" in renew and "$DETECTOR_CERTBOT_EXTRA_ARGS" in renew
+    (exec_start,) = [line for line in renew.splitlines() if line.startswith("ExecStart=")]
+    assert "--no-random-sleep-on-renew" in exec_start and "$" not in exec_start
+    assert "--force-renewal" not in exec_start and "--dry-run" not in exec_start  # timer's run
+    assert "set-environment" not in sudoers  # also catches unset-environment
+    assert "@force.service" in sudoers and "@dry-run.service" in sudoers
 
 
 def test_pip_missing_filter_compares_freeze_with_pins():

@@ -216,11 +216,8 @@ def test_forced_renewal_through_the_timer_service_serves_a_new_serial(provisione
     assert provisioned.sh("systemctl is-active detector-certbot-renew.timer").strip() == "active"
     before = serials(provisioned)
     nginx_pid = provisioned.sh("systemctl show -p MainPID --value nginx.service").strip()
-    provisioned.sh("sudo systemctl set-environment DETECTOR_CERTBOT_EXTRA_ARGS=--force-renewal")
-    try:
-        provisioned.sh(f"sudo systemctl start {RENEW_SERVICE}")
-    finally:
-        provisioned.sh("sudo systemctl unset-environment DETECTOR_CERTBOT_EXTRA_ARGS")
+    forced = RENEW_SERVICE.replace(".service", "@force.service")  # flag fixed in that unit
+    provisioned.sh(f"sudo systemctl start {forced}")
     after = serials(provisioned)
     assert len(set(after.values())) == 1  # both ports serve the same, new certificate
     assert set(after.values()).isdisjoint(before.values())

@@ -13,7 +13,6 @@ import pytest
 from deploy import commands
 from deploy import health
 from deploy import lock
-from deploy import rollback
 from deploy import status
 from deploy.remote import DeployError
 
@@ -150,31 +149,14 @@ def test_journal_builder():
     assert commands.journal(units[:1], 10, follow=True)[-1] == "-f"
 
 
-def test_renew_cert_starts_the_timer_service_with_flags_through_the_manager_env():
-    start = ["sudo", "-n", "/usr/bin/systemctl", "--no-pager", "start", "r.service"]
-    assert commands.renew_cert("r.service", False, False) == [start]
-    assert commands.renew_cert("r.service", True, False) == [
-        [
-            "sudo",
-            "-n",
-            "/usr/bin/systemctl",
-            "--no-pager",
-            "set-environment",
-            "DETECTOR_CERTBOT_EXTRA_ARGS=--force-renewal",
-        ],
-        start,
-        [
-            "sudo",
-            "-n",
-            "/usr/bin/systemctl",
-            "--no-pager",
-            "unset-environment",
-            "DETECTOR_CERTBOT_EXTRA_ARGS",
-        ],
-    ]
-    assert commands.renew_cert("r.service", False, True)[0][-1] == (
-        "DETECTOR_CERTBOT_EXTRA_ARGS=--dry-run"
-    )
+def test_renew_cert_starts_one_unit_whose_flag_is_fixed_and_sets_no_environment():
+    start = ["sudo", "-n", "/usr/bin/systemctl", "--no-pager", "start"]
+    assert commands.renew_cert("r.service", False, False) == [*start, "r.service"]
+    assert commands.renew_cert("r.service", True, False) == [*start, "r@force.service"]
+    assert commands.renew_cert("r.service", False, True) == [*start, "r@dry-run.service"]
+    for force, dry_run in ((False, False), (True, False), (False, True)):
+        argv = commands.renew_cert("r.service", force, dry_run)
+        assert not any("environment" in a or "=" in a for a in argv)
     with pytest.raises(ValueError, match="drop --force"):
         commands.renew_cert("r.service", True, True)
 
@@ -204,16 +186,6 @@ def test_lock_is_a_directory_with_details(tmp_path):
     assert "fab unlock" in message
     subprocess.run(["sh", "-c", commands.lock_release(lock_dir)], check=True)
     assert not (tmp_path / "deploy.lock").exists()
-
-
-def test_rollback_choice():
-    kept = ["20261120T000000Z-aaaaaaaa", "20261121T000000Z-bbbbbbbb", "20261122T000000Z-cccccccc"]
-    assert rollback.choose(kept, kept[2]) == kept[1]
-    assert rollback.choose(kept, kept[2], kept[0]) == kept[0]
-    with pytest.raises(DeployError, match="fab status"):
-        rollback.choose(kept, kept[2], "20250101T000000Z-dddddddd")
-    with pytest.raises(DeployError, match="no release older"):
-        rollback.choose(kept, kept[0])
 
 
 def test_parse_curl_and_detection_summary():
