@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -34,36 +35,36 @@ def up() -> int:
         raise SystemExit("demo: already up (test-artifacts/demo/bed.json); run `make demo-down`")
     sys.path.insert(0, str(REPO))
     from testbed import Testbed
-    from testbed.provisioning import playbook
-    from testbed.provisioning import variables
     from testbed.provisioning import wheelhouse_requirements
+    from testbed.userpath import user_inventory
 
     STATE.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(STATE / "production", ignore_errors=True)  # a previous demo's inventory
     times: dict = {}
     bed = _stage(times, "test bed up (1 host)", lambda: Testbed.allocate().up(1))
     host = bed.hosts[0]
     (STATE / "bed.json").write_text(json.dumps({"id": bed.id, "host": host.name}))
     reqs = STATE / "requirements.txt"
     _stage(times, "wheelhouse", lambda: bed.build_wheelhouse(wheelhouse_requirements(reqs)))
-    values = variables(bed)
-    (STATE / "variables.json").write_text(json.dumps(values))
-    run = _stage(times, "provision", lambda: playbook(bed, host.name, STATE / "variables.json"))
+    # The README's path: a copy of the example inventory, an encrypted vault, its commands.
+    user = user_inventory(bed, [host], STATE, checkout=REPO)
+    print(f"== $ {' '.join(user.provision_argv())}", flush=True)
+    run = _stage(times, "provision", user.provision)
     (STATE / "provision.log").write_text(run.stdout + run.stderr)
     if run.returncode != 0:
         print((run.stdout + run.stderr)[-3000:], file=sys.stderr)
         raise SystemExit("demo: provisioning failed; see test-artifacts/demo/provision.log")
-    inv = STATE / "inventory"
-    (inv / "host_vars").mkdir(parents=True, exist_ok=True)
-    (inv / "hosts.yml").write_text(
-        json.dumps({"all": {"children": {"detector": {"hosts": {host.name: {}}}}}})
+    deploy = user.fab_argv("deploy", "--allow-dirty")  # the demo ships the working tree
+    print(f"== $ {' '.join(deploy)}", flush=True)
+    proc = _stage(
+        times,
+        "fab deploy",
+        lambda: subprocess.run(deploy, cwd=REPO, env=user.env(), timeout=1800),
     )
-    values.update(ansible_host=host.address, ansible_ssh_private_key_file=host.key_path)
-    (inv / "host_vars" / f"{host.name}.yml").write_text(json.dumps(values))
-    deploy = [str(BIN / "fab"), "deploy", "--allow-dirty", "--inventory", str(inv)]
-    proc = _stage(times, "fab deploy", lambda: subprocess.run(deploy, cwd=REPO, timeout=1800))
     if proc.returncode != 0:
         raise SystemExit("demo: fab deploy failed (output above)")
     (STATE / "times.json").write_text(json.dumps(times, indent=2) + "\n")
+    values = bed.variables()
     dns = f"@{values['detector_dns_server']} -p {values['detector_dns_port']}"
     domain = values["detector_domain"]
     print(
@@ -75,7 +76,7 @@ def up() -> int:
         f"  curl --cacert {values['detector_acme_root_ca']} \\\n"
         f"       --resolve {domain}:5000:$(dig +short {dns} {domain} | head -n1) \\\n"
         f"       -F file=@{SAMPLE} https://{domain}:5000/api/v1/detect\n"
-        f"  {BIN / 'fab'} status --inventory {inv}\n",
+        f"  {' '.join(user.fab_argv('status'))}   (with {BIN} on PATH)\n",
         flush=True,
     )
     return 0

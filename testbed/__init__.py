@@ -12,7 +12,7 @@ Python API (stable; the e2e fixtures in tests/e2e/conftest.py wrap it)::
         bed.reboot("host1")       # reboot from inside; nspawn boots the same rootfs again
         bed.inventory_path        # YAML inventory: hosts in groups `testbed` and `detector`;
                                   # ansible_* and detector_* vars in group_vars/testbed.yml beside
-                                  # it (inventory group_vars outrank ansible/group_vars/all.yml)
+                                  # it (every inventory level overrides the role defaults)
         bed.write_inventory(extra_groups=("detector", "web"))  # list hosts in more groups
         bed.variables()           # the detector_* vars (see below)
         bed.acme.directory_url    # https://10.77.<id>.1:14000/dir (Pebble)
@@ -27,6 +27,10 @@ Python API (stable; the e2e fixtures in tests/e2e/conftest.py wrap it)::
         bed.pip_index_url, bed.proxy_url
     finally:
         bed.down()                # stop by recorded PIDs, delete links, remove the state dir
+
+The README's path (testbed.userpath.user_inventory): a copy of ansible/inventories/example filled
+in as a user would, its vault.yml encrypted, and the bed's own settings (below, minus the domain,
+ACME e-mail, DNS server and TSIG key a user writes) in one extra file, group_vars/all/testbed.yml.
 
 Inventory variables (group_vars/testbed.yml; a real VM has internet and leaves these at defaults):
 ``detector_testbed`` (true), ``detector_domain`` (detector.test), ``detector_http_proxy`` and

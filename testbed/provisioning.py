@@ -74,9 +74,10 @@ def weights_mirror(bed: Testbed) -> str:
 
 
 def variables(bed: Testbed, extra: dict | None = None) -> dict:
-    """The bed's variables plus what this provisioning needs on the bed (given as extra vars).
+    """The bed's variables plus what this provisioning needs on the bed, for `playbook()`.
 
-    Extra vars, because inventory-file group vars rank below ansible/group_vars/all.yml.
+    Tests that vary settings per run pass these as extra vars; the README's path (an inventory
+    directory, no extra vars) is testbed.userpath.user_inventory.
     """
     return {
         **bed.variables(),

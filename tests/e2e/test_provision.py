@@ -1,4 +1,4 @@
-"""provision.yml on a bare test-bed host: idempotent, Pebble TLS, firewalled, renewable."""
+"""The README's path on a bare test-bed host: example inventory, vault, provision.yml, then fab."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ from testbed.hosts import ssh
 from testbed.provisioning import MODEL
 from testbed.provisioning import REPO
 from testbed.provisioning import Run
-from testbed.provisioning import playbook
-from testbed.provisioning import variables
 from testbed.provisioning import wheelhouse_requirements
+from testbed.userpath import UserInventory
+from testbed.userpath import changed_tasks
+from testbed.userpath import user_inventory
 
 if __import__("sys").version_info >= (3, 11):
     import tomllib
@@ -37,11 +38,11 @@ ARTIFACTS = REPO / "test-artifacts"
 
 @dataclasses.dataclass
 class Provisioned:
-    """A host provisioned once for this module, with what is needed to run the playbook again."""
+    """A host provisioned once for this module through the README's commands, and their checkout."""
 
     bed: Testbed
     host: Host
-    variables_file: Path
+    user: UserInventory
     first: Run
 
     def sh(self, command: str, check: bool = True) -> str:
@@ -55,15 +56,14 @@ def _tail(run: Run, lines: int = 60) -> str:
 
 @pytest.fixture(scope="module")
 def provisioned(testbed: Testbed, testbed_hosts, tmp_path_factory) -> Provisioned:
-    """A fresh bare host of the bed, provisioned once (cold) by ansible/provision.yml."""
+    """A fresh bare host, provisioned once (cold) as the README says, from a clean clone."""
     if not (REPO / "weights" / f"{MODEL}.weights").is_file():
         pytest.skip(f"weights/{MODEL}.weights is missing: run `make setup` (make weights)")
     host = testbed_hosts(1, fresh=True)[0]
     work = tmp_path_factory.mktemp("provision")
     testbed.build_wheelhouse(wheelhouse_requirements(work / "requirements.txt"))
-    variables_file = work / "variables.json"
-    variables_file.write_text(json.dumps(variables(testbed)))
-    first = playbook(testbed, host.name, variables_file)
+    user = user_inventory(testbed, [host], work)
+    first = user.provision()
     if first.returncode != 0:
         probe = ssh(
             host, "head -c 300 /etc/python3.11/sitecustomize.py; dpkg -l python3-apt", check=False
@@ -74,7 +74,7 @@ def provisioned(testbed: Testbed, testbed_hosts, tmp_path_factory) -> Provisione
         json.dumps({"cold_provision_s": round(first.seconds, 1)}) + "\n"
     )
     print(f"cold provisioning of {host.name}: {first.seconds:.0f} s")
-    return Provisioned(testbed, host, variables_file, first)
+    return Provisioned(testbed, host, user, first)
 
 
 def served(bed: Testbed, address: str, port: int) -> tuple[dict, int, dict]:
@@ -118,27 +118,30 @@ def test_bare_host_is_provisioned(provisioned: Provisioned):
     assert sizing, _tail(provisioned.first)
 
 
+def test_user_inventory_is_the_example_with_an_encrypted_vault(provisioned: Provisioned):
+    inv = provisioned.user.inventory
+    vault = inv / "group_vars" / "all" / "vault.yml"
+    assert vault.read_bytes().startswith(b"$ANSIBLE_VAULT;")
+    assert provisioned.bed.dns.tsig.secret not in vault.read_text()
+    example = REPO / "ansible" / "inventories" / "example"
+    copied = {p.relative_to(inv) for p in inv.rglob("*") if p.is_file()}
+    assert copied - {p.relative_to(example) for p in example.rglob("*") if p.is_file()} == {
+        Path("group_vars/all/testbed.yml")  # the only file a user would not have
+    }
+
+
 def test_second_run_changes_nothing(provisioned: Provisioned):
-    run = playbook(
-        provisioned.bed, provisioned.host.name, provisioned.variables_file, json_output=True
-    )
+    run = provisioned.user.provision()
     assert run.returncode == 0, _tail(run)
     stats = run.stats[provisioned.host.name]
-    assert stats["failures"] == 0 and stats["unreachable"] == 0
-    assert stats["changed"] == 0, run.changed_tasks()
+    assert stats["failed"] == 0 and stats["unreachable"] == 0
+    assert stats["changed"] == 0, changed_tasks(run.stdout)
 
 
 def test_check_mode_reports_no_change(provisioned: Provisioned):
-    run = playbook(
-        provisioned.bed,
-        provisioned.host.name,
-        provisioned.variables_file,
-        "--check",
-        "--diff",
-        json_output=True,
-    )
+    run = provisioned.user.provision("--check", "--diff")
     assert run.returncode == 0, _tail(run)
-    assert run.stats[provisioned.host.name]["changed"] == 0, run.changed_tasks()
+    assert run.stats[provisioned.host.name]["changed"] == 0, changed_tasks(run.stdout)
 
 
 def test_tls_ports_present_the_pebble_chain_and_503_before_deploy(provisioned: Provisioned):
@@ -233,3 +236,24 @@ def test_reboot_brings_nginx_and_the_firewall_back(provisioned: Provisioned):
     assert serials(provisioned) == before
     assert provisioned.sh("systemctl cat detector@blue.service", check=False).strip()
     assert not reachable(provisioned.host.address, 8000)
+
+
+def test_fab_deploy_status_and_forced_renewal_with_the_readme_commands(provisioned: Provisioned):
+    """`fab deploy`, `fab status`, `fab renew-cert --force`: the default inventory, no vault
+    password, from the user's clone; the page then answers over TLS on every port."""
+    user = provisioned.user
+    deploy = user.fab("deploy")
+    assert deploy.returncode == 0, _tail(deploy)
+    status = user.fab("status")
+    assert status.returncode == 0, _tail(status)
+    assert provisioned.host.name in status.stdout
+    before = serials(provisioned)
+    renew = user.fab("renew-cert", "--force")
+    assert renew.returncode == 0, _tail(renew)
+    after = serials(provisioned)
+    assert set(after.values()).isdisjoint(before.values())
+    for port in PORTS:
+        _, code, _ = served(provisioned.bed, provisioned.host.address, port)
+        assert code == 200
+    output = deploy.stdout + deploy.stderr + status.stdout + status.stderr + renew.stdout
+    assert provisioned.bed.dns.tsig.secret not in output + renew.stderr
