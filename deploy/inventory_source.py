@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -93,14 +94,23 @@ def _ansible_inventory() -> str:
 def read(path: Path) -> dict:
     """`ansible-inventory --list` of the inventory minus its vault files, over the role defaults.
 
-    fab never decrypts: encrypted files are left out of a private copy, so no vault password
-    is needed (one configured in ansible.cfg or ANSIBLE_VAULT_PASSWORD_FILE is harmless) and
-    no secret reaches this process. Each host's variables are the literal defaults of
+    fab never decrypts: encrypted files are left out of a private copy, and a throwaway
+    password stands in for any vault password file or vault id configured (ansible.cfg,
+    ANSIBLE_VAULT_PASSWORD_FILE), so none is read or asked for and no secret reaches this
+    process. Each host's variables are the literal defaults of
     ansible/roles/detector/defaults/main.yml overlaid by the inventory's merged values.
     """
-    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_ASK_VAULT_PASS": "False"}
     with tempfile.TemporaryDirectory(prefix="detector-inventory-") as tmp:
         source, _ = copy_without_vaults(path, Path(tmp))
+        throwaway = Path(tmp) / "no-vault-password"
+        throwaway.write_text(secrets.token_hex(16) + "\n")
+        env = {
+            **os.environ,
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_ASK_VAULT_PASS": "False",
+            "ANSIBLE_VAULT_PASSWORD_FILE": str(throwaway),
+            "ANSIBLE_VAULT_IDENTITY_LIST": f"fab@{throwaway}",
+        }
         argv = [_ansible_inventory(), "-i", str(source), "--list"]
         proc = subprocess.run(
             argv,

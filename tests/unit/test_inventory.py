@@ -113,12 +113,24 @@ def vault_text(inv: Path) -> str:
     return (inv / "group_vars" / "all" / "vault.yml").read_text()
 
 
-def test_a_configured_vault_password_file_still_works_and_decrypts_nothing(tmp_path, monkeypatch):
+def test_a_configured_vault_password_is_never_read_nor_needed(tmp_path, monkeypatch):
+    """fab works whatever vault password is configured (valid, missing, a script) and reads none."""
     inv = _vaulted_inventory(tmp_path)
-    monkeypatch.setenv("ANSIBLE_VAULT_PASSWORD_FILE", str(tmp_path / "vault-pass"))
-    data = inventory.read(inv)
-    assert inventory.hosts_from(data)[0].domain == "vaulted.test"
-    assert SECRET not in repr(data)
+    marker = tmp_path / "password-script-ran"
+    script = _write(tmp_path / "vault-pass.sh", f"#!/bin/sh\ntouch {marker}\necho {PASSWORD}\n")
+    script.chmod(0o700)
+    cfg = _write(
+        tmp_path / "ansible.cfg",
+        f"[defaults]\nvault_password_file = {script}\nask_vault_pass = True\n"
+        f"vault_identity_list = prod@{tmp_path / 'absent-password'}\n",
+    )
+    monkeypatch.setenv("ANSIBLE_CONFIG", str(cfg))
+    for configured in (str(tmp_path / "vault-pass"), str(script), str(tmp_path / "absent")):
+        monkeypatch.setenv("ANSIBLE_VAULT_PASSWORD_FILE", configured)
+        data = inventory.read(inv)
+        assert inventory.hosts_from(data)[0].domain == "vaulted.test"
+        assert SECRET not in repr(data)
+    assert not marker.exists()  # the password script never ran: fab asked for no password
 
 
 def test_copy_leaves_out_exactly_the_encrypted_files(tmp_path):
