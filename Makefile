@@ -3,18 +3,27 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU build of torch. On machines without a local wheel, point TORCH_INDEX at
-# https://download.pytorch.org/whl/cpu (the provisioning uses the same two settings).
-TORCH_SPEC ?= torch==2.13.0+cpu
-TORCH_INDEX ?=
+# The CPU build of torch: the provisioning's two settings, read from the one file holding them
+# (detector_torch_spec, detector_torch_index_url). `make torch` tries the configured package
+# sources first (pip's own config: an index, find-links), then TORCH_INDEX (PyTorch's CPU index).
+SETTINGS := ansible/roles/detector/defaults/main.yml
+setting = $(shell sed -n 's/^$(1):[[:space:]]*\([^[:space:]\#]*\).*/\1/p' $(SETTINGS) | tr -d '"')
+TORCH_SPEC ?= $(call setting,detector_torch_spec)
+TORCH_INDEX ?= $(call setting,detector_torch_index_url)
 APT_PACKAGES := chromium chromium-driver debootstrap systemd-container pebble bind9 \
 	bind9-utils bind9-dnsutils tinyproxy openssl iproute2 ca-certificates curl zstd openssh-client
 MODEL ?= yolov3-tiny
 PYTEST_ARGS ?=
 
-.PHONY: setup apt venv weights test lint format serve bench demo demo-down clean
+.PHONY: setup setup-control apt torch torch-settings venv weights test lint format serve bench \
+	demo demo-down clean
 
 setup: apt venv weights
+
+# Only what a person who provisions and deploys needs (ansible, fabric, the release wheel's build):
+# no torch, no service packages, no apt packages. pip >= 25.1 reads pyproject's dependency groups.
+setup-control: $(BIN)/python
+	$(BIN)/pip install -q --group control
 
 apt:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -29,10 +38,21 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-venv: $(BIN)/python
-	@$(BIN)/python -c "import torch" 2>/dev/null || \
-	  $(BIN)/pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/pip install -q -e '.[test]'
+torch: $(BIN)/python
+	@test -n "$(TORCH_SPEC)" || { echo "torch: no detector_torch_spec in $(SETTINGS)"; exit 1; }
+	@if $(BIN)/pip install -q "$(TORCH_SPEC)" 2>/dev/null; then \
+	  echo "torch: $(TORCH_SPEC) present or installed from the configured package sources"; \
+	elif [ -n "$(TORCH_INDEX)" ]; then \
+	  echo "torch: $(TORCH_SPEC) is not in the configured package sources; trying $(TORCH_INDEX)"; \
+	  $(BIN)/pip install -q "$(TORCH_SPEC)" --extra-index-url "$(TORCH_INDEX)"; \
+	else echo "torch: $(TORCH_SPEC) not found and TORCH_INDEX is empty"; exit 1; fi
+
+torch-settings:  # what `make torch` installs, from where (tests compare it with the provisioning)
+	@echo "TORCH_SPEC=$(TORCH_SPEC)"
+	@echo "TORCH_INDEX=$(TORCH_INDEX)"
+
+venv: torch
+	$(BIN)/pip install -q -e . --group test
 
 weights: venv
 	$(BIN)/detector fetch-weights $(MODEL) --dest weights
