@@ -24,6 +24,7 @@ def boot(c: Connection, host: Host, rid: str, kind: str = "deploy") -> str:
     Returns the gate's summary. Raises DeployError naming the reason and what is served now.
     """
     rel = host.release_dir(rid)
+    switch.sync(c, host)  # an interrupted switch left the include behind the record: fix first
     live = switch.live_color(c, host)
     idle = commands.other_color(live) if live else commands.COLORS[0]
     previous = switch.target_of(c, host.current_link)
@@ -43,9 +44,8 @@ def boot(c: Connection, host: Host, rid: str, kind: str = "deploy") -> str:
             f"{rid} refused on {host.name} before any switch: {exc}; still serving {serving}"
         ) from None
     try:
-        with step(host, f"switch current and nginx to {idle}"):
-            switch.point(c, rel, host.current_link)
-            switch.upstream(c, host, idle)
+        with step(host, f"make {idle} live (record, nginx, current)"):
+            switch.activate(c, host, idle)
         where = (
             f"http://127.0.0.1:{host.backend_port} on the host"
             if host.backend_port
@@ -56,7 +56,7 @@ def boot(c: Connection, host: Host, rid: str, kind: str = "deploy") -> str:
         release.record_live(c, host, kind, rid, before)
     except BaseException as exc:
         try:
-            _switch_back(c, host, live, previous, idle)
+            _switch_back(c, host, live, idle)
         except BaseException as undo:
             raise DeployError(
                 f"{rid} failed on {host.name}: {exc}; switching back ALSO failed: {undo}; "
@@ -64,8 +64,7 @@ def boot(c: Connection, host: Host, rid: str, kind: str = "deploy") -> str:
             ) from None
         back = switch.release_of(previous) or "nothing (first deploy)"
         raise DeployError(f"{rid} failed on {host.name}: {exc}; rolled back to {back}") from None
-    with step(host, f"enable {idle_unit}, drain and stop {live or 'no previous color'}"):
-        switch.enable_color(c, host, idle)
+    with step(host, f"drain and stop {live or 'no previous color'}"):
         if live:
             left = switch.drain(c, host)
             if left:
@@ -74,13 +73,11 @@ def boot(c: Connection, host: Host, rid: str, kind: str = "deploy") -> str:
     return rid
 
 
-def _switch_back(c: Connection, host: Host, live: str, previous: str, idle: str) -> None:
-    """Undo a switch: nginx back to the old color, current back, the new color stopped."""
+def _switch_back(c: Connection, host: Host, live: str, idle: str) -> None:
+    """Undo a switch: the old color live again (record, nginx, current), the new one stopped."""
     with step(host, f"switch back to {live or 'no release'}"):
         if live:
-            switch.upstream(c, host, live)
-        if previous:
-            switch.point(c, previous, host.current_link)
+            switch.activate(c, host, live)
         switch.drain(c, host)
         switch.stop_color(c, host, idle)
 

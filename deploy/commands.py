@@ -10,8 +10,7 @@ from datetime import timezone
 COLORS = ("blue", "green")
 SYSTEMCTL = "/usr/bin/systemctl"
 JOURNALCTL = "/usr/bin/journalctl"
-NGINX = "/usr/sbin/nginx"
-INSTALL = "/usr/bin/install"
+ACTIVATE = "/usr/local/sbin/detector-activate"  # root helper (ansible deploy_access role)
 CURL = "/usr/bin/curl"
 RELEASE_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{7,40}(?:-dirty)?$")
 BASE_PTH = "_detector_base_env.pth"
@@ -91,8 +90,11 @@ def switch_symlink(target: str, link: str) -> str:
 
 
 def read_symlink(link: str) -> list[str]:
-    """Where a symlink points (empty output and non-zero exit when absent)."""
-    return ["readlink", link]
+    """The path a link finally resolves to (empty output and non-zero exit when dangling/absent).
+
+    `current` -> colors/<color> -> releases/<id>: the release path either way.
+    """
+    return ["readlink", "-e", "--", link]
 
 
 def make_venv(base_python: str, release_dir: str) -> list[str]:
@@ -165,19 +167,29 @@ def curl_unix(socket: str, path: str, seconds: int, upload: str | None = None) -
     return argv + [f"http://localhost{path}"]
 
 
-def upstream_conf(name: str, socket: str) -> str:
-    """The nginx include that names the live color's socket."""
-    return f"upstream {name} {{\n    server unix:{socket};\n}}\n"
+def activate(color: str) -> list[str]:
+    """Make color live through the root helper: record, nginx include, `current`, check, reload.
+
+    The helper takes only a color it checks against its root-owned config (sudoers: exact argv).
+    """
+    if color not in COLORS:
+        raise ValueError(f"color must be one of {COLORS}, got {color!r}")
+    return sudo([ACTIVATE, color])
 
 
-def install_root_file(src: str, dest: str, mode: str = "0644") -> list[str]:
-    """Put an uploaded file in place as root (sudoers allows exactly this argv)."""
-    return [INSTALL, "-m", mode, "-o", "root", "-g", "root", src, dest]
+def lb_drain(name: str, down: bool) -> list[str]:
+    """On the lb: take detector name out of the upstream (down) or put it back (up)."""
+    return sudo([ACTIVATE, "down" if down else "up", name])
 
 
-def nginx_test() -> list[str]:
-    """Validate nginx's configuration."""
-    return [NGINX, "-t", "-q"]
+def sync_live() -> list[str]:
+    """Re-derive the include and `current` from the live record (after an interrupted switch)."""
+    return sudo([ACTIVATE, "--sync"])
+
+
+def live_record(service: str, lb: bool = False) -> str:
+    """THE record of what nginx serves, root-owned and world-readable (deploy_access role)."""
+    return f"/var/lib/{service}/{'lb-drained' if lb else 'live-color'}"
 
 
 def lock_acquire(lock_dir: str, details: str) -> str:
@@ -285,23 +297,3 @@ def parse_included(out: str) -> tuple[int, dict, str]:
         if sep:
             headers[name.strip().lower()] = value.strip()
     return status, headers, body
-
-
-def lb_upstream_conf(
-    name: str,
-    servers: list[tuple[str, bool]],
-    port: int,
-    max_fails: int,
-    fail_timeout_s: int,
-    keepalive: int,
-) -> str:
-    """The load balancer's upstream over the detectors; (address, down) per server.
-
-    Same text as ansible/roles/nginx/templates/lb-upstream.conf.j2 renders with nothing down.
-    """
-    lines = [f"upstream {name} {{", "    least_conn;"]
-    for address, down in servers:
-        line = f"    server {address}:{port} max_fails={max_fails} fail_timeout={fail_timeout_s}s"
-        lines.append(line + (" down;" if down else ";"))
-    lines += [f"    keepalive {keepalive};", "}"]
-    return "\n".join(lines) + "\n"

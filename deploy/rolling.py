@@ -9,7 +9,6 @@ from typing import Callable
 from fabric import Connection
 
 from deploy import boot
-from deploy import commands
 from deploy import lock
 from deploy import release
 from deploy import remote
@@ -49,14 +48,6 @@ def drained_names(batch: list[str], all_servers: list[str]) -> list[str]:
     return list(batch) if keep else []
 
 
-def upstream_text(bal: Balancer, down: list[str]) -> str:
-    """The lb's upstream include with the named detectors marked down."""
-    servers = [(address, name in down) for name, address in bal.servers]
-    return commands.lb_upstream_conf(
-        bal.host.upstream_name, servers, bal.port, bal.max_fails, bal.fail_timeout_s, bal.keepalive
-    )
-
-
 def to_roll_back(outcomes: list[Outcome], continue_on_failure: bool) -> list[Outcome]:
     """Hosts updated before a failure that go back to their previous release (newest first).
 
@@ -83,9 +74,8 @@ def summary(rid: str, outcomes: list[Outcome], seconds: float) -> list[str]:
 
 
 def set_down(c: Connection, bal: Balancer, down: list[str]) -> None:
-    """Write the lb's upstream with these detectors down, reload, wait for old workers."""
-    what = f"down: {', '.join(down)}" if down else "all detectors up"
-    switch.install_upstream(c, bal.host, upstream_text(bal, down), what)
+    """These detectors down at the lb, every other one up (root helper), wait for old workers."""
+    switch.set_drained(c, bal.host, [name for name, _ in bal.servers], down)
     if down:
         left = switch.drain(c, bal.host)
         if left:

@@ -1,4 +1,4 @@
-"""Atomic switches: symlinks (`ln -s` + `mv -T`) and the nginx upstream of the live color."""
+"""Switches: the colors' symlinks (`ln -s` + `mv -T`) and the live color via the root helper."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from deploy.inventory import Host
 from deploy.remote import DeployError
 from deploy.remote import output
 from deploy.remote import probe
-from deploy.remote import put_text
 from deploy.remote import run
 
 
@@ -32,39 +31,42 @@ def release_of(path: str) -> str:
 
 
 def live_color(c: Connection, host: Host) -> str:
-    """The color nginx sends traffic to, read from the upstream include ('' before any deploy)."""
-    ok, text = probe(c, ["cat", host.upstream_conf])
-    if ok:
-        for color in commands.COLORS:
-            if host.socket(color) in text:
-                return color
-    return ""
+    """The live color from THE record the root helper keeps ('' before any deploy)."""
+    ok, text = probe(c, ["cat", commands.live_record(host.service)])
+    return text if ok and text in commands.COLORS else ""
 
 
-def upstream(c: Connection, host: Host, color: str) -> None:
-    """Send new requests to color: write the include, validate, graceful nginx reload.
+def sync(c: Connection, host: Host) -> None:
+    """Re-derive the nginx include and `current` from the record (root helper, no argument).
 
-    An include that nginx rejects is replaced by the previous one before raising.
+    A switch interrupted after the record was written left them behind; fab runs this before
+    it decides anything from the record, and the boot unit does the same before nginx starts.
     """
-    text = commands.upstream_conf(host.upstream_name, host.socket(color))
-    install_upstream(c, host, text, color)
+    helper(c, host, commands.sync_live(), "re-derive the include from the live record")
 
 
-def install_upstream(c: Connection, host: Host, text: str, what: str) -> None:
-    """Write host's upstream include, validate, graceful reload; restore it if nginx rejects it."""
-    staged = f"{host.staging_dir}/nginx-upstream.conf"
-    _, previous = probe(c, ["cat", host.upstream_conf])
-    run(c, ["mkdir", "-p", host.staging_dir])
-    put_text(c, text, staged)
-    run(c, commands.sudo(commands.install_root_file(staged, host.upstream_conf)))
-    res = run(c, commands.sudo(commands.nginx_test()), warn=True)
+def activate(c: Connection, host: Host, color: str) -> None:
+    """Send new requests to color: the root helper records it, renders the include, checks
+    nginx, reloads it gracefully, and points `current` at colors/<color>."""
+    helper(c, host, commands.activate(color), f"make {color} live")
+
+
+def set_drained(c: Connection, host: Host, names: list[str], down: list[str]) -> None:
+    """On the lb: the named detectors down, every other one of names up (no-op when unchanged)."""
+    for name in names:
+        what = f"{'drain' if name in down else 'undrain'} {name}"
+        helper(c, host, commands.lb_drain(name, name in down), what)
+
+
+def helper(c: Connection, host: Host, argv: list[str], what: str) -> None:
+    """Run the root switch helper; its refusal becomes a DeployError saying what to do."""
+    res = run(c, argv, warn=True, timeout=120)
     if res.failed:
-        if previous:
-            put_text(c, previous + "\n", staged)
-            run(c, commands.sudo(commands.install_root_file(staged, host.upstream_conf)))
-        reason = (res.stderr or res.stdout).strip()
-        raise DeployError(f"nginx -t rejected {host.upstream_conf} for {what}: {reason}")
-    run(c, commands.sudo(commands.systemctl("reload", "nginx.service")))
+        reason = (res.stderr or res.stdout).strip() or f"exit {res.exited}"
+        raise DeployError(
+            f"{host.name}: {what} failed: {reason}; nothing else was changed. If sudo refused, "
+            f"re-provision the host (ansible-playbook ansible/provision.yml) to install the helper"
+        )
 
 
 def drain(c: Connection, host: Host) -> int:
@@ -88,12 +90,6 @@ def start_color(c: Connection, host: Host, color: str) -> None:
 
 
 def stop_color(c: Connection, host: Host, color: str) -> None:
-    """Stop one color (graceful: gunicorn finishes in-flight requests) and keep it off at boot."""
+    """Stop one color (graceful: gunicorn finishes in-flight requests); boot follows the record."""
     name = commands.unit(host.service, color)
     run(c, commands.sudo(commands.systemctl("stop", name)), timeout=180)
-    run(c, commands.sudo(commands.systemctl("disable", name)))
-
-
-def enable_color(c: Connection, host: Host, color: str) -> None:
-    """Start this color at boot (the live one only)."""
-    run(c, commands.sudo(commands.systemctl("enable", commands.unit(host.service, color))))

@@ -114,22 +114,17 @@ def test_curl_unix_builder():
     ]
 
 
-def test_upstream_conf_and_root_install():
-    assert commands.upstream_conf("detector_app", "/run/detector/green.sock") == (
-        "upstream detector_app {\n    server unix:/run/detector/green.sock;\n}\n"
-    )
-    assert commands.install_root_file("/s/u.conf", "/etc/nginx/u.conf") == [
-        "/usr/bin/install",
-        "-m",
-        "0644",
-        "-o",
-        "root",
-        "-g",
-        "root",
-        "/s/u.conf",
-        "/etc/nginx/u.conf",
-    ]
-    assert commands.nginx_test() == ["/usr/sbin/nginx", "-t", "-q"]
+def test_switch_goes_through_the_root_helper_with_names_only():
+    helper = "/usr/local/sbin/detector-activate"
+    assert commands.activate("green") == ["sudo", "-n", helper, "green"]
+    with pytest.raises(ValueError, match="color must be one of"):
+        commands.activate("/etc/shadow")
+    assert commands.lb_drain("host2", True)[2:] == [helper, "down", "host2"]
+    assert commands.lb_drain("host2", False)[-2:] == ["up", "host2"]
+    assert commands.sync_live() == ["sudo", "-n", helper, "--sync"]
+    assert commands.live_record("detector") == "/var/lib/detector/live-color"
+    # no builder puts a file as root any more (the old `install` of a deploy-owned staging file)
+    assert not hasattr(commands, "install_root_file")
 
 
 def test_journal_builder():

@@ -1,4 +1,4 @@
-"""Rolling deploy behind an lb: upstream text vs the template, batches, summary, inventory."""
+"""Rolling deploy behind an lb: batches, summary, inventory (upstream: test_detector_activate)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import jinja2
 import pytest
 
 from deploy import commands
@@ -14,60 +13,6 @@ from deploy import inventory
 from deploy import rolling
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE = ROOT / "ansible" / "roles" / "nginx" / "templates" / "lb-upstream.conf.j2"
-SERVERS = (("d1", "10.0.0.2"), ("d2", "10.0.0.3"), ("d3", "10.0.0.4"))
-
-
-def _balancer() -> inventory.Balancer:
-    lb = inventory.Host(
-        name="lb",
-        address="10.0.0.1",
-        user="deploy",
-        ssh_port=22,
-        key_file="",
-        service="detector",
-        app_root="/opt/detector",
-        env_link="/opt/detector/env",
-        domain="detector.example.com",
-        https_ports=(443, 5000),
-        releases_keep=5,
-        socket_dir="/run/detector",
-        upstream_conf="/etc/nginx/detector-upstream.conf",
-        upstream_name="detector",
-        renew_service="detector-certbot-renew.service",
-    )
-    return inventory.Balancer(lb, SERVERS, 8080, 1, 10, 16)
-
-
-def test_lb_upstream_with_nothing_down_is_what_provisioning_renders():
-    env = jinja2.Environment(trim_blocks=True, keep_trailing_newline=True)
-    rendered = env.from_string(TEMPLATE.read_text()).render(
-        nginx_upstream_name="detector",
-        nginx_lb_backends=[name for name, _ in SERVERS],
-        hostvars={
-            "d1": {"ansible_host": "10.0.0.2"},
-            "d2": {"ansible_host": "192.0.2.9", "detector_private_address": "10.0.0.3"},
-            "d3": {"ansible_host": "10.0.0.4", "detector_private_address": ""},
-        },
-        nginx_lb_backend_port=8080,
-        nginx_lb_max_fails=1,
-        nginx_lb_fail_timeout_s=10,
-        nginx_lb_keepalive=16,
-    )
-    assert rolling.upstream_text(_balancer(), []) == rendered
-
-
-def test_lb_upstream_marks_only_the_drained_server_down():
-    text = rolling.upstream_text(_balancer(), ["d2"])
-    assert text.splitlines() == [
-        "upstream detector {",
-        "    least_conn;",
-        "    server 10.0.0.2:8080 max_fails=1 fail_timeout=10s;",
-        "    server 10.0.0.3:8080 max_fails=1 fail_timeout=10s down;",
-        "    server 10.0.0.4:8080 max_fails=1 fail_timeout=10s;",
-        "    keepalive 16;",
-        "}",
-    ]
 
 
 def test_batches_and_drained_names_never_empty_the_upstream():
