@@ -6,6 +6,7 @@ import json
 import re
 import ssl
 import subprocess
+import tempfile
 import time
 import urllib.request
 from dataclasses import asdict
@@ -33,12 +34,21 @@ class Tsig:
 
 @dataclass(frozen=True)
 class Dns:
-    """The bed's DNS server: authoritative for zone, accepts updates signed with tsig."""
+    """The bed's DNS server: authoritative for zone.
+
+    ``tsig`` is the key the hosts get (least privilege, see :func:`update_policy`); ``admin``
+    is the bed's own key for its host records (never given to a host).
+    """
 
     server: str
     port: int
     zone: str
     tsig: Tsig
+    admin: Tsig | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.admin, dict):  # loaded from bed.json
+            object.__setattr__(self, "admin", Tsig(**self.admin))
 
     def to_dict(self) -> dict:
         """Return plain data (as stored in bed.json)."""
@@ -70,6 +80,23 @@ def make_tsig(name: str = "detector-acme") -> Tsig:
     return Tsig(name, TSIG_ALGORITHM, secret.group(1))
 
 
+def update_policy(key: str, names: list[str], records: bool, admin: str = "") -> str:
+    """BIND's least-privilege update-policy for the hosts' TSIG key.
+
+    The key may only change the TXT record ``_acme-challenge.<name>`` of each certificate name
+    (certbot's DNS-01 challenge) and, with ``records`` (detector_dns_records), the A record of
+    each name; any other update signed with it is REFUSED. ``admin`` (optional) is a separate
+    key allowed the whole zone, kept off the hosts.
+    """
+    grants = [f"grant {admin} zonesub ANY;"] if admin else []
+    for name in names:
+        fqdn = name.rstrip(".") + "."
+        grants.append(f"grant {key} name _acme-challenge.{fqdn} TXT;")
+        if records:
+            grants.append(f"grant {key} name {fqdn} A;")
+    return "update-policy {\n" + "".join(f"\t\t{g}\n" for g in grants) + "\t};"
+
+
 def zone_text(zone: str, server: str, records: dict[str, str], serial: int) -> str:
     """Return a zone file: SOA, NS on server, and name -> IPv4 A records (names relative)."""
     lines = [
@@ -82,17 +109,19 @@ def zone_text(zone: str, server: str, records: dict[str, str], serial: int) -> s
     return "\n".join(lines) + "\n"
 
 
-def start_dns(
-    table: ProcessTable, state_dir: Path, listen: str, tsig: Tsig, records: dict[str, str]
-) -> Dns:
-    """Write named's config and zone, start named in the foreground, wait until it answers."""
-    base = state_dir / "dns"
+def write_named_conf(
+    base: Path, listen: str, port: int, tsig: Tsig, admin: Tsig, records: dict[str, str]
+) -> Path:
+    """Write the zone, both keys (0600) and named.conf under base; return the config's path."""
     base.mkdir(parents=True, exist_ok=True)
     zone_file = base / f"{DOMAIN}.zone"
     zone_file.write_text(zone_text(DOMAIN, listen, records, int(time.time())))
     key_file = base / "tsig.key"
     key_file.write_text(
-        f'key "{tsig.name}" {{\n\talgorithm {tsig.algorithm};\n\tsecret "{tsig.secret}";\n}};\n'
+        "".join(
+            f'key "{k.name}" {{\n\talgorithm {k.algorithm};\n\tsecret "{k.secret}";\n}};\n'
+            for k in (tsig, admin)
+        )
     )
     key_file.chmod(0o600)
     conf = base / "named.conf"
@@ -100,7 +129,7 @@ def start_dns(
         f"""options {{
 \tdirectory "{base}";
 \tpid-file none;
-\tlisten-on port {DNS_PORT} {{ {listen}; }};
+\tlisten-on port {port} {{ {listen}; }};
 \tlisten-on-v6 {{ none; }};
 \trecursion no;
 \tnotify no;
@@ -112,13 +141,31 @@ include "{key_file}";
 zone "{DOMAIN}" {{
 \ttype primary;
 \tfile "{zone_file}";
-\tupdate-policy {{ grant {tsig.name} zonesub ANY; }};
+\t{update_policy(tsig.name, [DOMAIN], records=True, admin=admin.name)}
 }};
 """
     )
+    return conf
+
+
+def start_dns(
+    table: ProcessTable,
+    state_dir: Path,
+    listen: str,
+    tsig: Tsig,
+    records: dict[str, str],
+    admin: Tsig | None = None,
+) -> Dns:
+    """Write named's config and zone, start named in the foreground, wait until it answers.
+
+    The hosts' key ``tsig`` gets :func:`update_policy` for the bed's domain (the certificate's
+    challenge TXT and its A record); ``admin`` (generated when None) may change the whole zone.
+    """
+    admin = admin or make_tsig("detector-testbed-admin")
+    conf = write_named_conf(state_dir / "dns", listen, DNS_PORT, tsig, admin, records)
     subprocess.run(["named-checkconf", str(conf)], check=True, capture_output=True)
     table.start("named", ["named", "-f", "-u", "root", "-4", "-c", str(conf)])
-    dns = Dns(listen, DNS_PORT, DOMAIN, tsig)
+    dns = Dns(listen, DNS_PORT, DOMAIN, tsig, admin)
     _wait(lambda: resolve(dns, f"ns.{DOMAIN}") == [listen], "named", table)
     return dns
 
@@ -144,12 +191,26 @@ def resolve(dns: Dns, name: str, rtype: str = "A") -> list[str]:
     return [line.strip().strip('"') for line in out.splitlines() if line.strip()]
 
 
-def nsupdate(dns: Dns, commands: list[str]) -> None:
-    """Send a TSIG-signed dynamic update (nsupdate commands such as 'update add ...')."""
+def nsupdate(dns: Dns, commands: list[str], key: Tsig | None = None) -> None:
+    """Send a TSIG-signed dynamic update (nsupdate commands such as 'update add ...').
+
+    Signed with key, else the bed's admin key (the hosts' key may change only its names).
+    Raises CalledProcessError (output attached) when named refuses it.
+    """
     network.guard(dns.server)
+    key = key or dns.admin or dns.tsig
     script = "\n".join([f"server {dns.server} {dns.port}", f"zone {dns.zone}", *commands, "send"])
-    key = f"{dns.tsig.algorithm}:{dns.tsig.name}:{dns.tsig.secret}"
-    subprocess.run(["nsupdate", "-y", key], input=script + "\n", text=True, check=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".key") as key_file:  # mode 0600, not argv
+        key_file.write(f'key "{key.name}" {{ algorithm {key.algorithm}; ')
+        key_file.write(f'secret "{key.secret}"; }};\n')
+        key_file.flush()
+        subprocess.run(
+            ["nsupdate", "-k", key_file.name],
+            input=script + "\n",
+            text=True,
+            check=True,
+            capture_output=True,
+        )
 
 
 def make_tls_cert(base: Path, address: str) -> tuple[Path, Path]:

@@ -73,17 +73,18 @@ def test_proxy_forwards_only_to_the_debian_mirror(testbed: Testbed) -> None:
 def test_nsupdate_from_a_host_resolves_through_the_test_dns(testbed: Testbed) -> None:
     host = testbed.hosts[0]
     apt_install(testbed, host, "bind9-dnsutils")
-    tsig = testbed.dns.tsig
+    tsig = testbed.dns.tsig  # the hosts' key: only the challenge TXT and the A record (policy)
     script = (
         f"server {testbed.dns.server} {testbed.dns.port}\nzone {DOMAIN}\n"
-        f'update add probe.{DOMAIN}. 60 TXT "from-{host.name}"\nsend\n'
+        f'update add _acme-challenge.{DOMAIN}. 60 TXT "from-{host.name}"\nsend\n'
     )
     testbed.ssh(
         host, f"nsupdate -y {tsig.algorithm}:{tsig.name}:{tsig.secret} <<'EOF'\n{script}EOF"
     )
-    on_host = testbed.ssh(host, f"dig +short TXT probe.{DOMAIN}").stdout.strip()
+    on_host = testbed.ssh(host, f"dig +short TXT _acme-challenge.{DOMAIN}").stdout.strip()
     assert on_host == f'"from-{host.name}"'
-    assert testbed.resolve(f"probe.{DOMAIN}", "TXT") == [f"from-{host.name}"]
+    assert testbed.resolve(f"_acme-challenge.{DOMAIN}", "TXT") == [f"from-{host.name}"]
+    testbed.nsupdate([f"update delete _acme-challenge.{DOMAIN}. TXT"])  # the bed's admin key
     # The zone's A record starts at the first host; provisioning (dns role) may have moved it to
     # the host it provisioned in this same session, so any host of this bed is right.
     (address,) = testbed.resolve(DOMAIN)
