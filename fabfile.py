@@ -20,7 +20,10 @@ from deploy import rolling
 from deploy import status as status_module
 from deploy.remote import DeployError
 
-INVENTORY_HELP = "inventory name under ansible/inventories/ or a path (env DETECTOR_INVENTORY)"
+INVENTORY_HELP = (
+    "inventory name under ansible/inventories/ (default production) or a path"
+    " (env DETECTOR_INVENTORY); no vault password needed"
+)
 HOSTS_HELP = "comma-separated inventory host names (default: every detector host)"
 
 
@@ -145,14 +148,24 @@ def status(c, hosts="", inventory=""):
     """Show release, uptime, workers, health and certificates.
 
     Read-only: release id and git sha, live color, unit state, workers/threads/RSS, /readyz and
-    the model through nginx, days left on the certificate served on each port (warns under 20).
+    the model through nginx, days left on the certificate served on each port (warns under 20),
+    the last renewal run (the lb's, with an `lb` group). Exits non-zero when a certificate has
+    under 14 days left or the last renewal failed, so cron or CI can alert on it.
     """
+    problems = []
 
-    def show(cc, host):
-        for line in status_module.report(cc, host):
+    def show(cc, host, part=status_module.check):
+        found = part(cc, host)
+        for line in found.lines:
             remote.say(host, line)
+        problems.extend(f"{host.name}: {p}" for p in found.problems)
 
-    _each(_hosts(inventory, hosts), show)
+    targets, balancer = _hosts_and_lb(inventory, hosts)
+    _each(targets, show)
+    if balancer:
+        _each([balancer.host], lambda cc, h: show(cc, h, status_module.certificates))
+    if problems:
+        remote.fail("error: " + "; ".join(problems))
 
 
 @task(

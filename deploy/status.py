@@ -1,7 +1,13 @@
-"""What runs on a host: release, sha, uptime, model, workers, memory, health, certificates."""
+"""What runs on a host: release, sha, uptime, model, workers, memory, health, certificates.
+
+`fab status` exits non-zero when a served certificate has under ALERT_DAYS days left or the
+last renewal run failed (the certbot role's OnFailure= unit leaves a marker on the host).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from dataclasses import field
 from datetime import datetime
 from datetime import timezone
 
@@ -14,8 +20,21 @@ from deploy import history
 from deploy import lock
 from deploy import release
 from deploy import switch
+from deploy import tls
 from deploy.inventory import Host
+from deploy.remote import FAILURES
 from deploy.remote import probe
+
+ALERT_DAYS = 14
+RENEWAL_MARKER = "renewal-failed"
+
+
+@dataclass
+class Report:
+    """Status lines for one host and the problems that make `fab status` fail."""
+
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
 
 
 def parse_show(text: str) -> dict:
@@ -44,8 +63,62 @@ def uptime(since: str, now: datetime | None = None) -> str:
     return f"{secs // 86400}d {secs % 86400 // 3600}h {secs % 3600 // 60}m"
 
 
+def expiry_problem(served: cert.Served, now: datetime | None = None) -> str:
+    """Why a served certificate fails `fab status` (under ALERT_DAYS days left), or ""."""
+    days = served.days_left(now)
+    if days >= ALERT_DAYS:
+        return ""
+    return (
+        f":{served.port} certificate expires {served.not_after:%Y-%m-%d %H:%M}Z, in {days:.1f} "
+        f"days (under {ALERT_DAYS}); renew it with `fab renew-cert --force` and find out why "
+        "the timer did not"
+    )
+
+
+def renewal_problem(marker: str) -> str:
+    """The renewal-failed marker's content (unit=..., at=...) as a problem, or ""."""
+    fields = dict(line.split("=", 1) for line in marker.splitlines() if "=" in line)
+    if not fields:
+        return ""
+    unit = fields.get("unit", "the renewal unit")
+    return (
+        f"certificate renewal FAILED ({unit} at {fields.get('at', '?')}); see "
+        f"`journalctl -u {unit}` on the host, fix the cause, then run `fab renew-cert`"
+    )
+
+
+def certificates(c: Connection, host: Host, now: datetime | None = None) -> Report:
+    """The TLS part: how the chain is trusted, each port's leaf and expiry, a failed renewal."""
+    out = Report()
+    if host.cert_state_dir:
+        _, marker = probe(c, ["cat", f"{host.cert_state_dir}/{RENEWAL_MARKER}"])
+        problem = renewal_problem(marker)
+        out.lines.append(problem or "last certificate renewal run: ok")
+        out.problems += [problem] if problem else []
+    for port in host.https_ports:
+        try:
+            served = cert.served(host, port)
+        except (OSError, ValueError) as exc:
+            out.lines.append(f"cert :{port} unreadable: {exc}")
+            continue
+        out.lines.append("cert " + cert.describe(served))
+        problem = expiry_problem(served, now)
+        out.problems += [problem] if problem else []
+    return out
+
+
+def check(c: Connection, host: Host) -> Report:
+    """Status lines and problems for one host; unreachable parts say so instead of failing."""
+    out = Report(lines=report(c, host))
+    if not host.backend_port:  # behind an lb the certificate is the lb's (fab status checks it)
+        tls_part = certificates(c, host)
+        out.lines += tls_part.lines
+        out.problems += tls_part.problems
+    return out
+
+
 def report(c: Connection, host: Host) -> list[str]:
-    """Status lines for one host; unreachable parts say so instead of failing."""
+    """Status lines for one host (certificates: see certificates()); never raises on a check."""
     lines = []
     current = switch.release_of(switch.target_of(c, host.current_link))
     _, sha = probe(c, ["cat", f"{host.release_dir(current)}/REVISION"]) if current else (0, "")
@@ -73,10 +146,17 @@ def report(c: Connection, host: Host) -> list[str]:
         code, headers, _ = commands.parse_included(out)
         served = headers.get(health.RELEASE_HEADER.lower(), "-")
         lines.append(f":{host.backend_port} (behind the lb) /readyz {code}, release {served}")
-    for port in () if host.backend_port else host.https_ports:
+    trust = None
+    if not host.backend_port:
         try:
-            ver = health.https(host, port, "GET", "/version", timeout=10)
-            ready = health.https(host, port, "GET", "/readyz", timeout=10)
+            trust = tls.trust_for(c, host)
+            lines.append(f"TLS: {trust.describe()}")
+        except FAILURES as exc:
+            lines.append(f"TLS: cannot read the installed certificate: {exc}")
+    for port in host.https_ports if trust else ():
+        try:
+            ver = health.https(host, port, "GET", "/version", timeout=10, trust=trust)
+            ready = health.https(host, port, "GET", "/readyz", timeout=10, trust=trust)
             info = ver.json() if ver.status == 200 else {}
             lines.append(
                 f":{port} /readyz {ready.status}, release "
@@ -85,10 +165,6 @@ def report(c: Connection, host: Host) -> list[str]:
             )
         except (OSError, ValueError) as exc:
             lines.append(f":{port} unreachable: {exc}")
-        try:
-            lines.append("cert " + cert.describe(cert.served(host, port)))
-        except (OSError, ValueError) as exc:
-            lines.append(f"cert :{port} unreadable: {exc}")
     kept = release.state(c, host)
     lines.append(f"releases kept ({len(kept.releases)}), oldest first:")
     lines += ["  " + line for line in history.describe(kept)] or ["  none"]

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
 import ssl
 import threading
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from pki_helpers import DOMAIN
+from pki_helpers import make_pki
 from ssh_helpers import SshServer
 from ssh_helpers import ed25519_key
 
@@ -27,49 +23,7 @@ from deploy.remote import DeployError
 
 ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS = ROOT / "weights" / "yolov3-tiny.weights"
-DOMAIN = "detector.test"
 RELEASE = "20261126T010203Z-ab12cd34"
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _pki(tmp: Path) -> tuple[Path, Path, Path, int]:
-    """A throwaway CA and a leaf for DOMAIN; returns (ca.pem, leaf.pem, key.pem, serial)."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("deploy test CA"))
-        .issuer_name(_name("deploy test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    serial = x509.random_serial_number()
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(_name(DOMAIN))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(serial)
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=10))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(DOMAIN)]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    (tmp / "ca.pem").write_bytes(ca.public_bytes(pem))
-    (tmp / "leaf.pem").write_bytes(leaf.public_bytes(pem))
-    (tmp / "key.pem").write_bytes(
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return tmp / "ca.pem", tmp / "leaf.pem", tmp / "key.pem", serial
 
 
 def _app(**config):
@@ -88,7 +42,7 @@ def _serve(app, tmp: Path):
     """Serve a WSGI app over TLS on 127.0.0.1 with a fresh PKI: (port, ca, serial, pki dir)."""
     from werkzeug.serving import make_server
 
-    ca, leaf, key, serial = _pki(tmp)
+    ca, leaf, key, serial = make_pki(tmp)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(str(leaf), str(key))
     server = make_server("127.0.0.1", 0, app, threaded=True, ssl_context=ctx)
@@ -152,7 +106,7 @@ def test_gate_refuses_another_release_id(served_app):
 @pytest.mark.slow
 def test_gate_verifies_the_chain(served_app, tmp_path):
     port, _, _, _ = served_app
-    other_ca, _, _, _ = _pki(tmp_path)
+    other_ca, _, _, _ = make_pki(tmp_path)
     with pytest.raises(ssl.SSLCertVerificationError):
         health.https(_host(port, str(other_ca)), port, "GET", "/readyz")
 
@@ -246,7 +200,7 @@ def test_a_staging_certificate_fails_the_system_cas_and_passes_the_pin(served_ap
     leaf = tls.leaf_of((pki / "leaf.pem").read_text(), "leaf.pem")
     pinned = tls.Trust(tls.INSTALLED, pin=leaf, source="fullchain.pem")
     assert health.https(host, port, "GET", "/readyz", trust=pinned).status == 200
-    other = tls.leaf_of((_pki(pki / "..")[1]).read_text(), "other")
+    other = tls.leaf_of((make_pki(pki / "..")[1]).read_text(), "other")
     wrong = tls.Trust(tls.INSTALLED, pin=other, source="/var/lib/x/fullchain.pem")
     with pytest.raises(ssl.SSLCertVerificationError, match="not the one installed in /var/lib/x"):
         health.https(host, port, "GET", "/readyz", trust=wrong)
