@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,26 @@ def test_copy_leaves_out_exactly_the_encrypted_files(tmp_path):
     assert left_out == [inv / "group_vars" / "all" / "vault.yml"]
     copied = sorted(str(p.relative_to(source)) for p in source.rglob("*") if p.is_file())
     assert copied == ["group_vars/all/vars.yml", "group_vars/detector/vars.yml", "hosts.yml"]
+
+
+def test_one_inventory_name_everywhere(tmp_path, monkeypatch):
+    """fab's default, the README, the playbook, ansible.cfg and the example all say production."""
+    name = inventory_source.DEFAULT_INVENTORY
+    assert name == "production"
+    repo = inventory_source.REPO
+    example = repo / "ansible" / "inventories" / "example"
+    for path in (
+        repo / "README.md",
+        repo / "ansible.cfg",
+        repo / "ansible" / "provision.yml",
+        example / "hosts.yml",
+        example / "group_vars" / "all" / "vault.yml",
+    ):
+        text = path.read_text()
+        assert f"ansible/inventories/{name}" in text, path
+        others = set(re.findall(r"inventories/([\w<>-]+)", text)) - {name, "example", "NAME"}
+        assert not others, f"{path} names other inventories: {others}"
+    monkeypatch.delenv(inventory_source.INVENTORY_ENV, raising=False)
+    monkeypatch.setattr(inventory_source, "REPO", tmp_path)
+    with pytest.raises(inventory.InventoryError, match="copy ansible/inventories/example to"):
+        inventory_source.resolve_path(None)
