@@ -25,6 +25,9 @@ DEFAULT_PACKAGES = (
     "sudo",
     "iproute2",
 )
+# The Debian suites a host can run, with the python3 each brings (bullseye's is older than the
+# service needs: tests/e2e/test_old_python.py provisions it to prove the early stop).
+SUITES = {"bookworm": "3.11", "bullseye": "3.9"}
 # Bump when customise() changes, so cached tarballs built by an older recipe are not reused.
 RECIPE_VERSION = "1"
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
@@ -103,6 +106,8 @@ def ensure_rootfs(
     :param cache_dir: where tarballs live (outside the repository).
     :return: path of the ``.tar.zst`` tarball; its sha256 sits next to it in ``.sha256``.
     """
+    if suite not in SUITES:
+        raise ValueError(f"suite {suite!r} is not supported; use one of {', '.join(SUITES)}")
     mirror = debian_mirror()
     key = rootfs_key(suite, packages, mirror)
     tarball = cache_dir / f"rootfs-{suite}-{key}.tar.zst"
@@ -115,18 +120,7 @@ def ensure_rootfs(
         log(f"rootfs: debootstrap {suite} from {mirror} (cold, about 1-2 minutes)")
         with tempfile.TemporaryDirectory(dir=cache_dir, prefix="build-") as tmp:
             root = Path(tmp) / "root"
-            subprocess.run(
-                [
-                    "debootstrap",
-                    "--variant=minbase",
-                    "--include=" + ",".join(packages),
-                    suite,
-                    str(root),
-                    mirror,
-                ],
-                check=True,
-                stdout=subprocess.DEVNULL,
-            )
+            debootstrap(suite, root, mirror, packages)
             customise(root)
             part = tarball.with_name(tarball.name + ".part")
             subprocess.run(
@@ -139,6 +133,21 @@ def ensure_rootfs(
             f"{sha256_file(tarball)}  {tarball.name}\n"
         )
         return tarball
+
+
+def debootstrap(suite: str, root: Path, mirror: str, packages: tuple[str, ...]) -> None:
+    """Run debootstrap (minbase + packages); on failure say which suite and mirror failed."""
+    argv = ["debootstrap", "--variant=minbase", "--include=" + ",".join(packages)]
+    result = subprocess.run(
+        argv + [suite, str(root), mirror], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    if result.returncode != 0:
+        tail = " ".join(result.stderr.decode(errors="replace").split()[-40:])
+        raise RuntimeError(
+            f"debootstrap {suite} from {mirror} failed (exit {result.returncode}): {tail}; check "
+            f"that the mirror serves {mirror}/dists/{suite}/Release (old suites move to "
+            "archive.debian.org) and that this machine's debian-archive-keyring signs it"
+        )
 
 
 def customise(root: Path) -> None:
