@@ -69,6 +69,19 @@ class Testbed:
         return str(self.dir / "ssh" / "id_ed25519")
 
     @property
+    def known_hosts_path(self) -> Path:
+        """known_hosts with every host's keys, read from its rootfs before it boots."""
+        return self.dir / "known_hosts"
+
+    def write_known_hosts(self) -> Path:
+        """(Re)write known_hosts_path from the hosts' rootfs copies."""
+        lines = [line for h in self.hosts for line in hostlib.known_hosts_lines(h)]
+        tmp = self.dir / ".known_hosts.tmp"
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.rename(self.known_hosts_path)
+        return self.known_hosts_path
+
+    @property
     def inventory_path(self) -> Path:
         """The generated Ansible inventory (YAML)."""
         return self.dir / "inventory.yml"
@@ -167,6 +180,7 @@ class Testbed:
             )
             new.append(host)
             self.hosts.append(host)
+            self.write_known_hosts()
             self.save()
             hostlib.boot(self.table, host, self.bridge)
         for host in new:
@@ -268,6 +282,11 @@ class Testbed:
         assert self.dns is not None and self.acme is not None
         tsig = self.dns.tsig
         return {
+            # Ansible's ssh and fab verify host keys against the keys read from each rootfs.
+            "ansible_ssh_common_args": (
+                f"-o UserKnownHostsFile={self.known_hosts_path} -o StrictHostKeyChecking=yes"
+                " -o IdentitiesOnly=yes"
+            ),
             "detector_testbed": True,
             "detector_domain": acme.DOMAIN,
             "detector_http_proxy": self.proxy_url,

@@ -31,23 +31,33 @@ class Host:
     key_path: str
     root: str
     index: int
+    known_hosts: str = ""  # the bed's known_hosts file (host keys read from each rootfs)
 
     def to_dict(self) -> dict:
         """Return the host as plain data (as stored in bed.json)."""
         return asdict(self)
 
 
-def ssh_options(key_path: str, connect_timeout: int = 5) -> list[str]:
-    """Return the ssh options used for every test-bed host (fresh host keys, batch mode)."""
+def ssh_options(key_path: str, connect_timeout: int = 5, known_hosts: str = "") -> list[str]:
+    """Return the ssh options used for every test-bed host (batch mode).
+
+    With known_hosts (the bed's file, keys read from each host's rootfs) the host key is
+    verified; without (a bed.json from before keys were recorded) it is not.
+    """
+    checking = (
+        ["StrictHostKeyChecking=yes", f"UserKnownHostsFile={known_hosts}"]
+        if known_hosts
+        else ["StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null"]
+    )
     return [
         "-i",
         key_path,
         "-o",
         "IdentitiesOnly=yes",
         "-o",
-        "StrictHostKeyChecking=no",
+        checking[0],
         "-o",
-        "UserKnownHostsFile=/dev/null",
+        checking[1],
         "-o",
         "LogLevel=ERROR",
         "-o",
@@ -62,7 +72,7 @@ def ssh_argv(host: Host, command: str | None = None, tty: bool = False) -> list[
     network.guard(host.address)
     argv = [
         "ssh",
-        *ssh_options(host.key_path),
+        *ssh_options(host.key_path, known_hosts=host.known_hosts),
         *(["-t"] if tty else []),
         f"{host.user}@{host.address}",
     ]
@@ -129,7 +139,20 @@ def prepare(
     keys.chmod(0o600)
     for path in (sshdir, keys):
         os.chown(path, uid, gid)
-    return Host(name, machine, address, ADMIN_USER, str(key_path), str(root), index)
+    known = str(bed_dir / "known_hosts")
+    return Host(name, machine, address, ADMIN_USER, str(key_path), str(root), index, known)
+
+
+def known_hosts_lines(host: Host) -> list[str]:
+    """known_hosts lines for host's keys, read from its rootfs (no network, no first-use trust)."""
+    keys = sorted((Path(host.root) / "etc" / "ssh").glob("ssh_host_*_key.pub"))
+    if not keys:
+        raise RuntimeError(f"{host.name} has no /etc/ssh/ssh_host_*_key.pub in {host.root}")
+    lines = []
+    for pub in keys:
+        kind, blob = pub.read_text().split()[:2]
+        lines.append(f"{host.address} {kind} {blob}")
+    return lines
 
 
 def mount_overlay(base: Path, host_dir: Path) -> Path:
