@@ -187,7 +187,8 @@ def test_parse_curl_and_detection_summary():
     assert health.parse_curl('{"ok": 1}\n200') == (200, '{"ok": 1}')
     assert health.parse_curl("curl: (7) failed\n000") == (0, "curl: (7) failed")
     body = '{"detections": [{"label": "dog"}, {"label": "car"}, {"label": "dog"}]}'
-    assert health.detection_summary(body) == (True, "3 detection(s): car, dog")
+    assert health.detection_summary(body, ("dog",)) == (True, "3 detection(s): car, dog")
+    assert health.detection_summary(body)[0] is False  # smoke.jpg must yield health.SMOKE_LABELS
     assert health.detection_summary("<html>")[0] is False
     assert health.detection_summary('{"error": "x"}')[0] is False
 
