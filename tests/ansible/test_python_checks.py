@@ -6,12 +6,17 @@ a stand-in script that prints its version (no Python but 3.11 exists here); 3.11
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
+import http.server
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,6 +74,7 @@ def ansible_playbook(tmp: Path, play: list | Path, hosts: dict[str, dict], *args
         "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
         "ANSIBLE_STDOUT_CALLBACK": "json",
         "ANSIBLE_LOCAL_TEMP": str(tmp / ".ansible-tmp"),
+        "ANSIBLE_FILTER_PLUGINS": str(ANSIBLE / "filter_plugins"),
     }
     argv = [str(playbook), "-i", str(tmp / "hosts.yml"), *args, str(play)]
     result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -78,7 +84,9 @@ def ansible_playbook(tmp: Path, play: list | Path, hosts: dict[str, dict], *args
         raise AssertionError(f"no JSON:\n{result.stdout}\n{result.stderr}") from err
 
 
-def run_tasks(tmp: Path, role: str, tasks_from: str, hosts: dict, show: tuple = ()) -> dict:
+def run_tasks(
+    tmp: Path, role: str, tasks_from: str, hosts: dict, show: tuple = (), *args: str
+) -> dict:
     """Run tasks files of role (comma-separated) on hosts, then print the variables in show."""
     tasks = [
         {
@@ -89,7 +97,7 @@ def run_tasks(tmp: Path, role: str, tasks_from: str, hosts: dict, show: tuple = 
     ]
     tasks += [{"name": f"Show {name}", "ansible.builtin.debug": {"var": name}} for name in show]
     play = [{"name": "Checks", "hosts": "all", "gather_facts": False, "tasks": tasks}]
-    return ansible_playbook(tmp, play, hosts)
+    return ansible_playbook(tmp, play, hosts, *args)
 
 
 def host_results(output: dict, host: str) -> list[tuple[str, dict]]:
@@ -264,6 +272,58 @@ def test_certbot_interpreter_is_the_service_envs_or_a_new_enough_root_owned_one(
     (unsafe,) = failures(output, "writable")
     assert unsafe.startswith(f"certbot runs as root, but its interpreter {writable}/python3")
     assert "sits under /tmp, which is not root-owned or is writable by others" in unsafe
+
+
+@contextlib.contextmanager
+def served(directory: Path):
+    """Serve directory over HTTP on 127.0.0.1 (a free port) for the block; yield the base URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.mark.slow
+def test_conda_backend_check_mode_on_a_bare_host(tmp_path):
+    """The whole role in check mode with conda (no channel here): every step it would take."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the installer's destination is /root")
+    www = tmp_path / "www"
+    www.mkdir()
+    installer = www / "Miniconda3-stand-in.sh"  # only HEAD-requested in check mode
+    installer.write_text("#!/bin/sh\nexit 1\n")
+    root, link = tmp_path / "miniconda3", tmp_path / "env"
+    with served(www) as url:
+        host = {
+            "python_env_backend": "conda",
+            "python_env_conda_root": str(root),
+            "python_env_link": str(link),
+            "python_env_miniconda_url": f"{url}/{installer.name}",
+            "python_env_miniconda_sha256": hashlib.sha256(installer.read_bytes()).hexdigest(),
+            "python_env_conda_env_file": str(ANSIBLE / "files" / "environment.yml"),
+            "python_env_requirements_file": str(ANSIBLE / "files" / "requirements-host.txt"),
+        }
+        output = run_tasks(tmp_path, "python_env", "main.yml", {"bare": host}, (), "--check")
+    assert failures(output, "bare") == []
+    changed = [name for name, result in host_results(output, "bare") if result.get("changed")]
+    assert changed == [
+        "Download the pinned Miniconda installer",
+        "Install Miniconda without touching any shell profile",
+        "Copy the environment file",
+        "Create the conda env",
+        "Link the env to its stable path",
+        "Copy the pinned requirements",
+        "Install the CPU build of torch",
+        "Install the pinned requirements",
+    ]
+    assert not root.exists() and not link.is_symlink()
+    assert not Path("/root", installer.name).exists()
 
 
 @pytest.mark.slow
