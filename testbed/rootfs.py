@@ -139,10 +139,11 @@ def debootstrap(suite: str, root: Path, mirror: str, packages: tuple[str, ...]) 
     """Run debootstrap (minbase + packages); on failure say which suite and mirror failed."""
     argv = ["debootstrap", "--variant=minbase", "--include=" + ",".join(packages)]
     result = subprocess.run(
-        argv + [suite, str(root), mirror], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        argv + [suite, str(root), mirror], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     if result.returncode != 0:
-        tail = " ".join(result.stderr.decode(errors="replace").split()[-40:])
+        lines = result.stdout.decode(errors="replace").splitlines()
+        tail = " ".join([line for line in lines if line.startswith("E:")] or lines[-3:])
         raise RuntimeError(
             f"debootstrap {suite} from {mirror} failed (exit {result.returncode}): {tail}; check "
             f"that the mirror serves {mirror}/dists/{suite}/Release (old suites move to "

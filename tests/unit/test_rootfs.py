@@ -34,5 +34,7 @@ def test_failed_debootstrap_names_the_suite_the_mirror_and_what_to_check(tmp_pat
     with pytest.raises(RuntimeError) as failed:
         debootstrap("bullseye", tmp_path / "root", mirror, ("python3",))
     message = str(failed.value)
-    assert message.startswith(f"debootstrap bullseye from {mirror} failed (exit 1): ")
+    assert message.startswith(
+        f"debootstrap bullseye from {mirror} failed (exit 1): E: Failed getting release file"
+    )
     assert f"check that the mirror serves {mirror}/dists/bullseye/Release" in message
