@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import socket
+import sys
 from pathlib import Path
 
 from paramiko import PKey
@@ -148,6 +149,11 @@ def trust(
                 f"{label} offered SSH host key {describe(key)}, not the {fingerprint.strip()} "
                 f"you gave: not trusted; check the key on the host's console (`{CONSOLE_HINT}`)"
             )
+    elif confirm is input and not sys.stdin.isatty():
+        raise HostKeyError(
+            f"{label} offers SSH host key {describe(key)}; no terminal to confirm it: check it "
+            f"on the host's console (`{CONSOLE_HINT}`) and pass --fingerprint {key.fingerprint}"
+        )
     else:
         answer = confirm(
             f"{label} offers SSH host key {describe(key)}.\n"

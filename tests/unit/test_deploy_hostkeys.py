@@ -177,3 +177,12 @@ def test_trust_host_refuses_to_replace_a_changed_key(server, keys, tmp_path):
 )
 def test_known_hosts_files_come_from_the_inventory(hostvars, files):
     assert hostkeys.known_hosts_files(hostvars) == files
+
+
+def test_trust_host_without_a_terminal_wants_the_fingerprint(server, keys, tmp_path, monkeypatch):
+    known = tmp_path / "known_hosts"
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    with pytest.raises(hostkeys.HostKeyError, match="no terminal to confirm it") as info:
+        hostkeys.trust("web1", "127.0.0.1", server.port, (str(known),))
+    assert f"--fingerprint {keys['host'].fingerprint}" in str(info.value)
+    assert not known.exists()
