@@ -22,6 +22,9 @@ from . import cors
 from . import errors
 from . import metrics
 from .runtime import ModelHolder
+from .runtime import worker_count
+from .sizing import DETECTIONS_PER_WORKER
+from .uploads import Bounds
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ def create_app(config: config_module.Config | Mapping | None = None) -> Flask:
         MAX_CONTENT_LENGTH=config.max_upload_bytes,
     )
     app.extensions["detector"] = ModelHolder(config)
+    threads = config.worker_threads or DETECTIONS_PER_WORKER + 1
+    app.extensions["bounds"] = Bounds.for_config(config, worker_count(config), threads)
     errors.register(app)
     _register_request_hooks(app)
     cors.register(app, config.cors_origins)

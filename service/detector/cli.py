@@ -116,6 +116,7 @@ def _table(result: dict) -> str:
 
 def _detect(args: argparse.Namespace) -> int:
     """Run the detector over each image and print a table or JSON lines."""
+    from detector import drawing
     from detector import imaging
     from detector.manifest import load_configured
 
@@ -158,8 +159,8 @@ def _detect(args: argparse.Namespace) -> int:
         }
         print(json.dumps(result) if args.json else _table(result), flush=True)
         if out:
-            drawn = imaging.draw_detections(decoded.image, detections)
-            out.write_bytes(imaging.encode_jpeg(drawn))
+            drawn = drawing.draw_detections(decoded.image, detections, in_place=True)
+            out.write_bytes(drawing.encode_jpeg(drawn))
             if not args.json:
                 print(f"  annotated image: {out}")
     return 0

@@ -47,6 +47,9 @@ class Config:
     workers: int = 0  # gunicorn worker processes; 0 = sized from CPU and memory (gunicorn_conf)
     worker_threads: int = 0  # request threads per worker; 0 = sized with workers
     backend_url: str = ""  # where the upload page POSTs; empty = the page's own origin
+    request_deadline_s: float = 30.0  # decode + inference per request; later = 503
+    decode_memory_mb: int = 350  # memory one worker's image decodes may use at once; more = 422
+    max_inflight: int = 0  # detections admitted at once per service (all workers); 0 = 2 per worker
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -69,6 +72,13 @@ class Config:
             raise ConfigError("workers and worker_threads must be 0 (auto) or positive")
         if self.max_upload_bytes <= 0 or self.max_pixels <= 0:
             raise ConfigError("max_upload_bytes and max_pixels must be positive")
+        if self.request_deadline_s <= 0 or self.decode_memory_mb <= 0:
+            raise ConfigError(
+                "request_deadline_s and decode_memory_mb must be positive, got "
+                f"{self.request_deadline_s} and {self.decode_memory_mb}"
+            )
+        if self.max_inflight < 0:
+            raise ConfigError(f"max_inflight must be 0 (auto) or positive, got {self.max_inflight}")
         custom = [bool(self.cfg), bool(self.weights), bool(self.names)]
         if any(custom) and not all(custom):
             raise ConfigError("a custom model needs all three of cfg, weights and names")

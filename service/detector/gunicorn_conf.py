@@ -4,21 +4,20 @@ Used by `detector serve` and usable directly:
 `gunicorn -c python:detector.gunicorn_conf 'detector.app:create_app()'`. Values come from the
 same config as the app (DETECTOR_CONFIG + DETECTOR_* overrides), so the unit file stays thin.
 
-Sizing rule (config.workers / config.worker_threads = 0 means "apply the rule"):
-- workers = min(CPUs, (available memory - 512 MB) / memory per worker), at least 1. A worker
-  holds one copy of the model: measured peak RSS with the torch engine about 300 MB for
-  yolov3-tiny and 550 MB for yolov3-416 (bench/model_bench.py), budgeted 400 and 700 MB.
-  The OpenCV engine needs far more (about 1.9 GB for yolov3): `auto` in each worker takes it
-  only when workers x its footprint fit the machine (model/engines.py), so this budget holds.
-  CPU-bound inference gains nothing from more processes than cores.
-- threads per worker = 2 (gthread): one request runs inference while another is read,
-  decoded or answered (health checks, /status_check, /metrics never wait behind a model call).
-- torch intra-op threads per worker = CPUs / workers (runtime.torch_threads), so workers
-  never oversubscribe the cores.
+Sizing: detector.sizing is the one rule (workers, request threads, torch threads); it is
+applied here only when the config leaves workers at 0 (`detector serve` by hand: one color, the
+host's memory). Under systemd the Ansible role runs the same rule for both colors and renders
+the workers into the config and the unit.
 Measured on 2 (shared) cores with yolov3-tiny, 4 clients: 2 workers x 1 thread beat 1 worker x
 2 threads by 1.5-3x (bench/serving_bench.py): the OpenCV engine runs one forward pass at a time
 per process (cv2.dnn.Net is not thread-safe) and post-processing holds the GIL, so inference
-parallelism comes from workers; the second thread only keeps light requests from queueing.
+parallelism comes from workers; the extra threads keep light requests and 503s from queueing.
+
+Overload fails fast: limits.Gate admits at most max_inflight detections over all workers (2
+per worker) and answers the rest 503 + Retry-After at once; `worker_connections` (accepted
+connections per worker) and `backlog` (the listen queue) are small, so nothing waits minutes.
+The workers share their in-flight counters through an array the master creates before forking
+(one slot per worker, zeroed when the worker dies).
 
 Preload: off. torch's OpenMP/intra-op thread pools are not fork-safe (a pool created in the
 master hangs or misbehaves in forked children), and copy-on-write would not share the weights
@@ -26,9 +25,10 @@ for long anyway (reference counts touch the pages). Each worker imports the app 
 and loads the model in `post_worker_init`, before it accepts a request, so /readyz is true on
 every worker that serves. Cost: one model load per worker start (tiny ~1 s).
 
-Timeouts: `timeout` 60 s is above the page's 25 s client timeout and a cold yolov3 inference;
-`graceful_timeout` 30 s lets in-flight requests finish on reload/stop; `max_requests` with
-jitter recycles workers slowly so leaks cannot grow without bound.
+Timeouts: a request's decode + inference has its own deadline (config.request_deadline_s, 503
+after it; limits.Runner) since a threaded worker's `timeout` only catches a hung worker loop;
+`timeout` 60 s is that watchdog; `graceful_timeout` 30 s lets in-flight requests finish on
+reload/stop; `max_requests` with jitter recycles workers slowly so leaks cannot grow unbounded.
 """
 
 from __future__ import annotations
@@ -39,26 +39,13 @@ import tempfile
 from pathlib import Path
 
 from detector import config as _config
+from detector import limits
+from detector import sizing
 from detector.machine import cpu_count
-from detector.machine import memory_available_mb
+from detector.machine import memory_total_mb
 
-RESERVE_MB = 512
-WORKER_MEMORY_MB = {"yolov3-tiny": 400, "yolov3": 700}
-DEFAULT_WORKER_MEMORY_MB = 1000
-DEFAULT_THREADS = 2
 ALLOW_PUBLIC_ENV = "DETECTOR_ALLOW_PUBLIC_BIND"
 _CREATED_METRICS_DIR = "_DETECTOR_CREATED_METRICS_DIR"
-
-
-def size_workers(
-    cores: int, memory_mb: int, model: str, workers: int = 0, threads: int = 0
-) -> tuple[int, int]:
-    """Apply the sizing rule of this module's docstring; non-zero arguments win."""
-    if not workers:
-        per_worker = WORKER_MEMORY_MB.get(model, DEFAULT_WORKER_MEMORY_MB)
-        by_memory = (memory_mb - RESERVE_MB) // per_worker
-        workers = max(1, min(cores, by_memory))
-    return workers, threads or DEFAULT_THREADS
 
 
 def check_bind(bind: str, allow_public: bool = False) -> None:
@@ -76,19 +63,26 @@ def check_bind(bind: str, allow_public: bool = False) -> None:
 
 
 _settings = _config.load()
-_workers, _threads = size_workers(
+_sizing = sizing.size(
     cpu_count(),
-    memory_available_mb(),
+    memory_total_mb(),
     _settings.model,
-    _settings.workers,
-    _settings.worker_threads,
+    workers=_settings.workers,
+    threads=_settings.threads,
+    worker_threads=_settings.worker_threads,
+    decode_memory_mb=_settings.decode_memory_mb,
+    colors=1,  # run by hand; the Ansible role sizes both colors and sets workers
 )
+_counts = None  # the workers' shared in-flight counters (created in the master, on_starting)
+_free_slots: list[int] = []
 
 wsgi_app = "detector.app:create_app()"
 bind = [_settings.bind]
-workers = _workers
-threads = _threads
+workers = _sizing.workers
+threads = _sizing.threads
 worker_class = "gthread"
+worker_connections = 2 * _sizing.threads  # accepted per worker; the rest wait in the backlog
+backlog = 64  # the listen queue; beyond it nginx gets EAGAIN at once and answers 502/503
 preload_app = False
 timeout = 60
 graceful_timeout = 30
@@ -112,8 +106,12 @@ def on_starting(server) -> None:
     """Check the bind, export the worker count and prepare the shared metrics directory."""
     for address in server.cfg.bind:
         check_bind(address, os.environ.get(ALLOW_PUBLIC_ENV) == "1")
+    global _counts
     # The app sizes torch threads from the worker count; workers inherit this environment.
     os.environ["DETECTOR_WORKERS"] = str(server.cfg.workers)
+    os.environ["DETECTOR_WORKER_THREADS"] = str(server.cfg.threads)
+    _counts = limits.shared_counts()
+    _free_slots[:] = range(limits.MAX_WORKER_SLOTS)
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         os.makedirs(directory, exist_ok=True)
@@ -135,6 +133,18 @@ def when_ready(server) -> None:
     )
 
 
+def pre_fork(server, worker) -> None:
+    """Give the new worker a free slot in the shared in-flight counters (in the master)."""
+    worker.detector_slot = _free_slots.pop(0)
+    _counts[worker.detector_slot] = 0
+
+
+def post_fork(server, worker) -> None:
+    """Make the worker count its detections in its slot against the service's capacity."""
+    capacity = _settings.max_inflight or sizing.DETECTIONS_PER_WORKER * server.cfg.workers
+    limits.share(_counts, worker.detector_slot, capacity)
+
+
 def post_worker_init(worker) -> None:
     """Load and warm up the model before this worker accepts requests; exit if that fails."""
     holder = worker.wsgi.extensions["detector"]
@@ -147,10 +157,14 @@ def post_worker_init(worker) -> None:
 
 
 def child_exit(server, worker) -> None:
-    """Drop the dead worker's live metrics."""
+    """Drop the dead worker's live metrics and free its in-flight slot."""
     from detector.metrics import mark_worker_dead
 
     mark_worker_dead(worker.pid)
+    slot = getattr(worker, "detector_slot", None)
+    if slot is not None:
+        _counts[slot] = 0
+        _free_slots.append(slot)
 
 
 def on_exit(server) -> None:

@@ -1,19 +1,29 @@
-"""Decode uploads safely (orientation, modes, bombs), draw detections and encode JPEG."""
+"""Decode uploads safely: orientation, modes, pixel bombs and a bounded decode memory."""
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from PIL import ImageDraw
-from PIL import ImageFont
 from PIL import UnidentifiedImageError
 
 # Formats a photo can come in (JPEG covers MPO); others (EPS, PDF, ...) are "not an image".
-FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM", "ICO")
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM")
+# Formats refused by name: an ICO's header does not bound the size of the PNG it carries.
+_REFUSED = ((b"\x00\x00\x01\x00", "ICO (icon)"),)
+MB = 1 << 20
+# Bytes per pixel of Pillow's storage by mode (RGB is stored as 4 bytes); others count 4.
+_PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+_BAND_PIXELS = 1 << 18  # modes are converted and reduced about 0.25 MP at a time
+_BAND_BYTES = 16  # per band pixel: the cropped band, its float32 or RGBA copy, its RGB version
+_WEBP_EXTRA = 12  # per pixel: libwebp's canvas and the buffers Pillow copies it through (measured)
+_RLE_EXTRA = (
+    2  # per pixel: Pillow's BMP RLE decoder builds the image in a bytearray, then copies it
+)
 # Signatures of the accepted formats: such a file that fails to decode is corrupt, not foreign.
 _IMAGE_MAGIC = (
     b"\xff\xd8\xff",
@@ -24,7 +34,6 @@ _IMAGE_MAGIC = (
     b"II*\x00",
     b"MM\x00*",
     b"RIFF",
-    b"\x00\x00\x01\x00",
 )
 BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as a browser shows them
 EXIF_ORIENTATION = 0x0112
@@ -38,28 +47,6 @@ _TRANSPOSE = {
     7: (Image.Transpose.TRANSVERSE,),
     8: (Image.Transpose.ROTATE_90,),
 }
-_PALETTE = (
-    (255, 56, 56),
-    (255, 157, 151),
-    (255, 112, 31),
-    (255, 178, 29),
-    (207, 210, 49),
-    (72, 249, 10),
-    (146, 204, 23),
-    (61, 219, 134),
-    (26, 147, 52),
-    (0, 212, 187),
-    (44, 153, 168),
-    (0, 194, 255),
-    (52, 69, 147),
-    (100, 115, 255),
-    (0, 24, 236),
-    (132, 56, 255),
-    (82, 0, 133),
-    (203, 56, 255),
-    (255, 149, 200),
-    (255, 55, 199),
-)
 
 
 class ImageError(ValueError):
@@ -88,6 +75,12 @@ class NotAnImage(ImageError):
 
 class TooManyPixels(ImageError):
     """The image header announces more pixels than allowed (decompression bomb)."""
+
+    status = 422
+
+
+class TooCostly(ImageError):
+    """Decoding the image would need more memory than one request may use."""
 
     status = 422
 
@@ -139,17 +132,31 @@ def _exif_orientation(im: Image.Image) -> int:
     return value if value in range(1, 9) else 1
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB, compositing transparency on BACKGROUND."""
+def _deep_scale(im: Image.Image) -> bool:
+    """Say whether a 16/32-bit or float image is scaled by 1/257 into 8 bits (else clipped)."""
+    if im.mode.startswith("I;16"):
+        return True
+    if im.mode in ("I", "F"):
+        low, high = im.getextrema()  # over the whole image, so every band scales alike
+        return high > 255
+    return False
+
+
+def _to_rgb(im: Image.Image, scale: bool = False) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB, compositing transparency on BACKGROUND.
+
+    :param scale: divide 16/32-bit and float values by 257 (see _deep_scale), else clip them.
+    """
     mode = im.mode
     if mode == "RGB":
         return im
     if mode.startswith("I;16") or mode in ("I", "F"):
-        arr = np.asarray(im, dtype=np.float64)
-        if mode.startswith("I;16") or arr.max(initial=0) > 255:
-            arr = arr / 257.0
-        arr = np.clip(arr + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, "L").convert("RGB")
+        arr = np.array(im, dtype=np.float32)  # a copy of one band, which is ours to scale
+        if scale:
+            arr *= 1 / 257.0
+        arr += 0.5
+        np.clip(arr, 0, 255, out=arr)
+        return Image.fromarray(arr.astype(np.uint8), "L").convert("RGB")
     if mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     elif mode == "P":
@@ -163,21 +170,101 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def decode_image(
-    data: bytes, *, max_pixels: int, target: int | None = None, orientation: str | None = None
-) -> Decoded:
-    """Decode an upload into an RGB image, refusing what is not a safe image.
+def _convert(im: Image.Image, factor: int) -> Image.Image:
+    """Return a loaded image as RGB reduced by `factor`, one band of rows at a time.
 
-    :param data: the file's bytes.
-    :param max_pixels: largest width * height accepted, checked from the header before decoding.
-    :param target: network input size; a JPEG is then decoded at a reduced scale (draft) that
-        stays at least as large as the letterbox needs. `Decoded.size` keeps the full size.
-    :param orientation: an EXIF orientation (1..8) sent by the client, applied only when the file
-        carries none of its own; anything else is ignored.
+    Converting in bands keeps the temporaries (float copies, RGBA composites) to a few MB
+    whatever the image size; only the native image and the result are full size.
+    """
+    if im.mode == "RGB" and factor == 1:
+        return im
+    width, height = im.size
+    scale = _deep_scale(im)
+    rows = _band_rows(width, factor)
+    out = Image.new("RGB", (-(-width // factor), -(-height // factor)))
+    for top in range(0, height, rows):
+        band = _to_rgb(im.crop((0, top, width, min(height, top + rows))), scale)
+        if factor > 1:
+            band = band.reduce(factor)
+        out.paste(band, (0, top // factor))
+    return out
+
+
+def _band_rows(width: int, factor: int) -> int:
+    """Return the rows _convert handles at a time: about _BAND_PIXELS, a multiple of `factor`."""
+    return max(factor, _BAND_PIXELS // width // factor * factor)
+
+
+def _jpeg_coefficients(im: Image.Image) -> int:
+    """Return the bytes libjpeg holds for a progressive JPEG's coefficients (0 if baseline)."""
+    if not (im.info.get("progressive") or im.info.get("progression")):
+        return 0
+    layers = getattr(im, "layer", None) or [("", 1, 1, 0)] * len(im.getbands())
+    h_max = max(layer[1] for layer in layers)
+    v_max = max(layer[2] for layer in layers)
+    width, height = im.size
+    total = 0
+    for _, h, v, _ in layers:
+        blocks_w = math.ceil(math.ceil(width * h / h_max) / 8)
+        blocks_h = math.ceil(math.ceil(height * v / v_max) / 8)
+        total += blocks_w * blocks_h * 64 * 2
+    return total
+
+
+def reduce_factor(size: tuple[int, int], target: int | None) -> int:
+    """Return the integer factor an image may be reduced by and still cover a target letterbox."""
+    if not target:
+        return 1
+    need_w, need_h = _draft_size(size, target)
+    return max(1, min(size[0] // need_w, size[1] // need_h))
+
+
+def decode_cost(im: Image.Image, target: int | None = None, orientation: int = 1) -> int:
+    """Estimate the peak bytes decoding an opened image takes (native, extras, RGB result).
+
+    :param im: an opened, not yet loaded image.
+    :param target: network input size when the image may be decoded reduced (see decode_image).
+    :param orientation: EXIF orientation; a transpose costs one more copy of the result.
+    """
+    width, height = im.size
+    pixels = width * height
+    factor = 1
+    extra = 0
+    if im.format in ("JPEG", "MPO"):
+        extra = _jpeg_coefficients(im)
+        if target:
+            scale = 8
+            need_w, need_h = _draft_size(im.size, target)
+            while scale > 1 and (width // scale < need_w or height // scale < need_h):
+                scale //= 2
+            pixels = math.ceil(width / scale) * math.ceil(height / scale)
+    else:
+        factor = reduce_factor(im.size, target)
+        if im.format == "WEBP":
+            extra = pixels * _WEBP_EXTRA
+        elif im.tile and im.tile[0][0] == "bmp_rle":
+            extra = pixels * _RLE_EXTRA
+    native = pixels * _PIXEL_BYTES.get(im.mode, 4)
+    result = band = 0
+    if im.mode != "RGB" or factor > 1:
+        result = 4 * pixels // (factor * factor)
+        band = min(height, _band_rows(width, factor)) * width * _BAND_BYTES
+    turned = 4 * pixels // (factor * factor) if orientation != 1 else 0
+    return native + extra + result + turned + band
+
+
+def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Open (not decode) an upload, checking its format and its announced size.
+
     :raise ImageError: EmptyImage/CorruptImage (400), NotAnImage (415), TooManyPixels (422).
     """
     if not data:
         raise EmptyImage("file is empty (0 bytes)")
+    for magic, name in _REFUSED:
+        if data.startswith(magic):
+            raise NotAnImage(
+                f"{name} files are not accepted; send a photo as JPEG, PNG, WebP, GIF, BMP or TIFF"
+            )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -197,25 +284,69 @@ def decode_image(
         raise TooManyPixels(
             f"image is {width}x{height} = {width * height} pixels, more than the limit {max_pixels}"
         )
-    exif = _exif_orientation(im)
+    return im
+
+
+def check_cost(im: Image.Image, cost: int, budget: int | None) -> None:
+    """Refuse an image whose decode_cost exceeds the per-request budget (bytes; None = any)."""
+    if budget is not None and cost > budget:
+        width, height = im.size
+        raise TooCostly(
+            f"decoding this {width}x{height} {im.format} image ({im.mode}) needs about "
+            f"{cost // MB} MB, more than the {budget // MB} MB an upload may use; "
+            "send it smaller or as an 8-bit baseline JPEG or PNG"
+        )
+
+
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int,
+    target: int | None = None,
+    orientation: str | None = None,
+    budget: int | None = None,
+    opened: Image.Image | None = None,
+) -> Decoded:
+    """Decode an upload into an RGB image, refusing what is not a safe image.
+
+    :param data: the file's bytes.
+    :param max_pixels: largest width * height accepted, checked from the header before decoding.
+    :param target: network input size; the image is then decoded reduced (JPEG draft, else an
+        integer Image.reduce) but never below what the letterbox needs. `Decoded.size` keeps
+        the full size, so boxes come back in original pixels.
+    :param orientation: an EXIF orientation (1..8) sent by the client, applied only when the file
+        carries none of its own; anything else is ignored.
+    :param budget: bytes the decode may take (decode_cost); a costlier image is refused.
+    :param opened: the result of open_image(data) when the caller has it already.
+    :raise ImageError: EmptyImage/CorruptImage (400), NotAnImage (415), TooManyPixels and
+        TooCostly (422).
+    """
+    im = opened or open_image(data, max_pixels=max_pixels)
+    width, height = im.size
+    check_cost(im, decode_cost(im, target), budget)
+    exif = _exif_orientation(im)  # a PNG's EXIF may follow its pixels: this can load it
+    if exif == 1 and orientation is not None:
+        exif = -parse_orientation(orientation)  # negative: sent by the client
+    if abs(exif) != 1:
+        check_cost(im, decode_cost(im, target, abs(exif)), budget)
+    factor = 1
     if target and im.format in ("JPEG", "MPO"):
         im.draft(im.mode, _draft_size(im.size, target))
+    else:
+        factor = reduce_factor(im.size, target)
     try:
         im.seek(0)
         im.load()
         fmt = im.format or ""
-        image = _to_rgb(im)
+        image = _convert(im, factor)
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise CorruptImage(f"image data cannot be decoded: {exc}") from exc
     except Image.DecompressionBombError as exc:  # pragma: no cover - caught at open already
         raise TooManyPixels(f"image is too large in pixels ({exc})") from exc
+    del im
+    exif = abs(exif)
     if exif != 1:
         image = _transpose(image, exif)
-    elif orientation is not None:
-        override = parse_orientation(orientation)
-        if override != 1:
-            image = _transpose(image, override)
-            exif = override
     size = (height, width) if exif in (5, 6, 7, 8) else (width, height)
     return Decoded(image=image, size=size, orientation=exif, format=fmt)
 
@@ -244,53 +375,3 @@ def apply_orientation(image: Image.Image, orientation: str | int | None) -> Imag
     does both and keeps `Decoded.size` consistent; prefer it.
     """
     return _transpose(image, parse_orientation(orientation))
-
-
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """Return Pillow's bundled font at `size` pixels (bitmap fallback without FreeType)."""
-    try:
-        return ImageFont.load_default(size=size)
-    except (ImportError, OSError, TypeError):  # pragma: no cover - Pillow without FreeType
-        return ImageFont.load_default()
-
-
-def _text_color(color: tuple[int, int, int]) -> tuple[int, int, int]:
-    """Black or white, whichever reads better on `color`."""
-    r, g, b = color
-    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 150 else (255, 255, 255)
-
-
-def draw_detections(image: Image.Image, detections) -> Image.Image:
-    """Return a copy of `image` with each detection's box and "label score" drawn on it.
-
-    Line width and font size follow the image size, so labels stay readable on thumbnails and
-    on 12 MP photos alike; labels sit above the box, or inside it at the top edge.
-    """
-    out = image.convert("RGB") if image.mode != "RGB" else image.copy()
-    w, h = out.size
-    short = min(w, h)
-    line = max(1, round(short / 300))
-    font = _font(max(10, round(short / 40)))
-    draw = ImageDraw.Draw(out)
-    pad = max(1, line)
-    for det in detections:
-        color = _PALETTE[det.class_id % len(_PALETTE)]
-        x1, y1, x2, y2 = (float(v) for v in det.box)
-        x1, x2 = max(0.0, min(x1, x2)), min(w - 1.0, max(x1, x2))
-        y1, y2 = max(0.0, min(y1, y2)), min(h - 1.0, max(y1, y2))
-        draw.rectangle((x1, y1, x2, y2), outline=color, width=line)
-        text = f"{det.label} {det.score:.2f}"
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        tw, th = right - left + 2 * pad, bottom - top + 2 * pad
-        ty = y1 - th if y1 - th >= 0 else y1
-        tx = min(x1, max(0.0, w - tw))
-        draw.rectangle((tx, ty, tx + tw, ty + th), fill=color)
-        draw.text((tx + pad - left, ty + pad - top), text, fill=_text_color(color), font=font)
-    return out
-
-
-def encode_jpeg(image: Image.Image, quality: int = 90) -> bytes:
-    """Encode an image as JPEG bytes."""
-    buf = io.BytesIO()
-    image.convert("RGB").save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()

@@ -8,6 +8,7 @@ import time
 
 from PIL import Image
 
+from . import sizing
 from .config import Config
 from .errors import ApiError
 from .machine import cpu_count
@@ -30,10 +31,11 @@ def worker_count(config: Config) -> int:
 
 
 def torch_threads(config: Config) -> int:
-    """Return the intra-op threads per process: config.threads, else max(1, cores // workers)."""
-    if config.threads:
-        return config.threads
-    return max(1, cpu_count() // worker_count(config))
+    """Return the intra-op threads per process: config.threads, else the sizing rule's."""
+    sized = sizing.size(
+        cpu_count(), 0, config.model, workers=worker_count(config), threads=config.threads
+    )
+    return sized.torch_threads
 
 
 class ModelHolder:

@@ -1,18 +1,29 @@
-"""Read an uploaded image from a request, decode it, orient it and run the detector on it."""
+"""Read an uploaded image from a request, then decode it and detect within the request's bounds."""
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
+from dataclasses import field
 
 from flask import current_app
 from flask import request
 from PIL import Image
 
 from . import metrics
+from .config import Config
 from .errors import ApiError
+from .imaging import MB
 from .imaging import ImageError
+from .imaging import check_cost
+from .imaging import decode_cost
 from .imaging import decode_image
+from .imaging import open_image
+from .imaging import reduce_factor
+from .limits import Gate
+from .limits import MemoryBudget
+from .limits import Runner
 
 FIELD = "file"
 
@@ -25,6 +36,27 @@ class Result:
     size: tuple[int, int]  # original (oriented) size; image may be smaller with draft
     detections: list
     timing_ms: dict
+
+
+@dataclass
+class Bounds:
+    """What bounds this process's detections: admission, decode memory, deadline runner."""
+
+    gate: Gate
+    budget: MemoryBudget
+    runner: Runner
+    deadline_s: float
+    infer_lock: threading.Lock = field(default_factory=threading.Lock)  # one inference at a time
+
+    @classmethod
+    def for_config(cls, config: Config, workers: int, threads: int) -> Bounds:
+        """Build the bounds of one process (one gunicorn worker) from its settings."""
+        return cls(
+            gate=Gate.for_process(config.max_inflight, workers),
+            budget=MemoryBudget(config.decode_memory_mb * MB),
+            runner=Runner(threads),
+            deadline_s=config.request_deadline_s,
+        )
 
 
 def read_upload() -> bytes:
@@ -49,27 +81,57 @@ def read_upload() -> bytes:
 def detect_upload(*, draft: bool = False) -> Result:
     """Decode the request's image, apply the page's orientation and run the detector.
 
-    :param draft: let a big JPEG decode at reduced scale (boxes still come back in original
-        pixels); off when the image is drawn on and returned.
-    :raise ApiError: 400 no or empty file, 415 not an image, 422 too many pixels
+    :param draft: decode a big image reduced to what the network needs (boxes still come back
+        in original pixels); off when the image is drawn on and returned.
+    :raise ApiError: 400 no or empty file, 415 not an image, 422 too many pixels or too costly
+        to decode, 503 busy or past the request deadline
     """
     app = current_app
     config = app.config["DETECTOR"]
-    holder = app.extensions["detector"]
+    bounds: Bounds = app.extensions["bounds"]
     data = read_upload()
-    detector = holder.get()
+    detector = app.extensions["detector"].get()
+    orientation = request.form.get("orientation")
+    return bounds.runner.run(
+        bounds.gate, bounds.deadline_s, _detect, bounds, config, detector, data, draft, orientation
+    )
+
+
+def _detect(deadline, bounds, config, detector, data, draft, orientation) -> Result:
+    """Decode within the worker's memory budget, then detect (runs on a Runner thread)."""
     started = time.perf_counter()
+    target = detector.input_size
     try:
-        decoded = decode_image(
-            data,
-            max_pixels=config.max_pixels,
-            target=detector.input_size if draft else None,
-            orientation=request.form.get("orientation"),
-        )
+        opened = open_image(data, max_pixels=config.max_pixels)
+        cost = decode_cost(opened, target if draft else None, orientation=2)
+        check_cost(opened, decode_cost(opened, target if draft else None), bounds.budget.capacity)
+        bounds.budget.reserve(cost, deadline)
+        try:
+            decoded = decode_image(
+                data,
+                max_pixels=config.max_pixels,
+                target=target if draft else None,
+                orientation=orientation,
+                budget=bounds.budget.capacity,
+                opened=opened,
+            )
+        finally:
+            bounds.budget.release(cost)
     except ImageError as exc:
         raise ApiError(exc.status, str(exc)) from exc
     decoded_at = time.perf_counter()
-    detections = detector.detect(decoded.image, original_size=decoded.size)
+    image = decoded.image
+    factor = reduce_factor(image.size, target)
+    if factor > 1:  # detect on what the letterbox needs; the full image is kept for drawing
+        image = image.reduce(factor)
+    # Inference is CPU-bound and uses the worker's cores: a second one waits instead of halving
+    # the speed of both. Past the deadline the client has had its 503: give up.
+    if not bounds.infer_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        raise ApiError(503, "detection waited past the request deadline")
+    try:
+        detections = detector.detect(image, original_size=decoded.size)
+    finally:
+        bounds.infer_lock.release()
     done = time.perf_counter()
     metrics.INFERENCE.labels(detector.name).observe(done - decoded_at)
     for det in detections:

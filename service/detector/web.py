@@ -12,8 +12,8 @@ from flask import current_app
 from flask import render_template
 from flask import request
 
-from .imaging import draw_detections
-from .imaging import encode_jpeg
+from .drawing import draw_detections
+from .drawing import encode_jpeg
 from .uploads import detect_upload
 
 bp = Blueprint("web", __name__)
@@ -49,7 +49,7 @@ def detect_and_draw():
     asks for them; the default reply stays exactly the original's).
     """
     result = detect_upload()
-    drawn = draw_detections(result.image, result.detections)
+    drawn = draw_detections(result.image, result.detections, in_place=True)
     encoded = base64.b64encode(encode_jpeg(drawn)).decode("ascii")
     body = {"name": RESULT_NAME, "image": DATA_URL_PREFIX + encoded}
     if request.args.get("detections") in ("1", "true", "yes"):

@@ -149,9 +149,15 @@ def rendered(tmp_path_factory) -> Path:
             ]
             + [str(roles / "deploy_access" / "defaults" / "main.yml")],
             "vars": {
-                "_detector_threads": 2,
-                "_detector_workers": 1,
-                "_detector_memory_max_mb": 3000,
+                "_detector_sizing": {  # what detector/sizing.py prints on the host
+                    "workers": 1,
+                    "threads": 3,
+                    "torch_threads": 2,
+                    "worker_memory_mb": 900,
+                    "memory_max_mb": 3000,
+                    "memory_high_mb": 2625,
+                    "max_inflight": 2,
+                },
                 "_certbot_bin": "/opt/certbot/bin/certbot",
                 "ansible_processor_vcpus": 2,
             },

@@ -5,26 +5,26 @@ from __future__ import annotations
 import pytest
 from detector import gunicorn_conf
 from detector import server
+from detector import sizing
+from detector.machine import cpu_count
 from detector.machine import memory_available_mb
+from detector.machine import memory_total_mb
 
 
-@pytest.mark.parametrize(
-    ("cores", "memory_mb", "model", "expected"),
-    [
-        (2, 16000, "yolov3-tiny", (2, 2)),  # CPU-bound: one worker per core
-        (8, 16000, "yolov3", (8, 2)),
-        (8, 4000, "yolov3", (4, 2)),  # memory-bound: (4000 - 512) // 700
-        (4, 900, "yolov3", (1, 2)),  # never fewer than one worker
-        (16, 2000, "yolov3-tiny", (3, 2)),  # (2000 - 512) // 400
-        (4, 8000, "custom-model", (4, 2)),
-    ],
-)
-def test_sizing_rule(cores, memory_mb, model, expected):
-    assert gunicorn_conf.size_workers(cores, memory_mb, model) == expected
-
-
-def test_explicit_sizes_win():
-    assert gunicorn_conf.size_workers(2, 16000, "yolov3-tiny", workers=3, threads=1) == (3, 1)
+def test_the_server_sizes_with_the_one_rule():
+    expected = sizing.size(
+        cpu_count(),
+        memory_total_mb(),
+        gunicorn_conf._settings.model,
+        workers=gunicorn_conf._settings.workers,
+        threads=gunicorn_conf._settings.threads,
+        worker_threads=gunicorn_conf._settings.worker_threads,
+        decode_memory_mb=gunicorn_conf._settings.decode_memory_mb,
+        colors=1,
+    )
+    assert (gunicorn_conf.workers, gunicorn_conf.threads) == (expected.workers, expected.threads)
+    assert gunicorn_conf.worker_connections <= 2 * gunicorn_conf.threads
+    assert gunicorn_conf.backlog <= 64
 
 
 def test_available_memory_is_positive():

@@ -40,7 +40,14 @@ def server():
     """One live server for this module, stopped by PID at the end."""
     require_weights()
     ARTIFACTS.mkdir(exist_ok=True)
-    live = LiveServer(workers=2, threads=2, log_path=ARTIFACTS / "live-server.log")
+    # More admitted detections than the default 2 per worker: this module checks that concurrent
+    # requests never mix results up, not admission (tests/service/test_bounds_live.py does).
+    live = LiveServer(
+        workers=2,
+        threads=2,
+        env={"DETECTOR_MAX_INFLIGHT": "16"},
+        log_path=ARTIFACTS / "live-server.log",
+    )
     live.start()
     yield live
     live.stop()

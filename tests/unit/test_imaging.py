@@ -10,6 +10,8 @@ import zlib
 import numpy as np
 import pytest
 from detector.detection import Detection
+from detector.drawing import draw_detections
+from detector.drawing import encode_jpeg
 from detector.imaging import CorruptImage
 from detector.imaging import EmptyImage
 from detector.imaging import ImageError
@@ -17,8 +19,6 @@ from detector.imaging import NotAnImage
 from detector.imaging import TooManyPixels
 from detector.imaging import apply_orientation
 from detector.imaging import decode_image
-from detector.imaging import draw_detections
-from detector.imaging import encode_jpeg
 from PIL import Image
 from PIL import ImageOps
 

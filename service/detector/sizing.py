@@ -1,0 +1,111 @@
+"""The one sizing rule: workers, threads and memory limits from cores, memory and the model.
+
+gunicorn_conf applies it when the config leaves workers at 0; Ansible runs this very file on
+each host (ansible.builtin.script with the host's python3, so it imports only the standard
+library) and renders its numbers into the config and the unit. Nothing else sizes.
+
+Rule:
+- a worker costs the model's measured peak RSS (bench/model_bench.py: ~300 MB yolov3-tiny,
+  ~550 MB yolov3-416 with the torch engine) plus decode_memory_mb, what its image decodes
+  may use at once (imaging.decode_cost, limits.MemoryBudget);
+- during a deploy both colors run (blue/green, each its own gunicorn with N workers), so each
+  color gets (memory - reserve) / colors, and workers = min(cores, that / worker cost), >= 1;
+- the service admits DETECTIONS_PER_WORKER (2) detections per worker at once, one inferring
+  and one decoding or waiting for the worker's inference lock, and answers more 503 +
+  Retry-After (limits.Gate): an admitted request waits at most one inference, so its latency
+  stays within ~2x the unloaded one; each worker has one more thread for light requests
+  (health, metrics, 503 answers): threads = 3;
+- torch threads per worker = cores / workers, so workers never oversubscribe the cores;
+- the unit's MemoryMax is one color's share (never below its workers' cost) and MemoryHigh
+  (reclaim and throttle) 7/8 of it; OOMPolicy=continue lets gunicorn replace a killed worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from dataclasses import dataclass
+
+RESERVE_MB = 512  # the OS, nginx, sshd
+MODEL_MEMORY_MB = {"yolov3-tiny": 300, "yolov3": 550}
+DEFAULT_MODEL_MEMORY_MB = 1000  # custom models: a guess on the safe side
+DECODE_MEMORY_MB = 350  # config.decode_memory_mb's default
+DETECTIONS_PER_WORKER = 2
+COLORS = 2
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """The numbers one color of the service runs with."""
+
+    workers: int
+    threads: int  # gunicorn request threads per worker
+    torch_threads: int  # intra-op threads per worker (OMP_NUM_THREADS, config.threads)
+    worker_memory_mb: int
+    memory_max_mb: int  # systemd MemoryMax of one color
+    memory_high_mb: int  # systemd MemoryHigh of one color
+    max_inflight: int  # detections admitted at once by one color (limits.Gate)
+
+
+def size(
+    cores: int,
+    memory_mb: int,
+    model: str,
+    *,
+    workers: int = 0,
+    threads: int = 0,
+    worker_threads: int = 0,
+    decode_memory_mb: int = DECODE_MEMORY_MB,
+    worker_memory_mb: int = 0,
+    reserve_mb: int = RESERVE_MB,
+    colors: int = COLORS,
+) -> Sizing:
+    """Apply the rule of this module's docstring; non-zero workers/threads/worker_threads win.
+
+    :param cores: CPUs the service may use.
+    :param memory_mb: the host's memory (MemTotal, capped by a cgroup limit).
+    :param model: model name (yolov3, yolov3-tiny or a custom one).
+    :param worker_memory_mb: a worker's cost when known better than the model table (0 = table
+        + decode_memory_mb).
+    :param colors: service instances that run at once (2 during a blue/green deploy).
+    """
+    cost = (
+        worker_memory_mb or MODEL_MEMORY_MB.get(model, DEFAULT_MODEL_MEMORY_MB) + decode_memory_mb
+    )
+    share = max(0, memory_mb - reserve_mb) // max(1, colors)
+    workers = workers or max(1, min(cores, share // cost))
+    memory_max = -(-max(share, workers * cost) // 64) * 64
+    return Sizing(
+        workers=workers,
+        threads=worker_threads or DETECTIONS_PER_WORKER + 1,
+        torch_threads=threads or max(1, cores // workers),
+        worker_memory_mb=cost,
+        memory_max_mb=memory_max,
+        memory_high_mb=memory_max * 7 // 8,
+        max_inflight=DETECTIONS_PER_WORKER * workers,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the sizing as JSON (what the Ansible role renders into the config and unit)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cores", type=int, required=True)
+    parser.add_argument("--memory-mb", type=int, required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--worker-threads", type=int, default=0)
+    parser.add_argument("--decode-memory-mb", type=int, default=DECODE_MEMORY_MB)
+    parser.add_argument("--worker-memory-mb", type=int, default=0)
+    parser.add_argument("--reserve-mb", type=int, default=RESERVE_MB)
+    parser.add_argument("--colors", type=int, default=COLORS)
+    args = vars(parser.parse_args(argv))
+    cores, memory_mb, model = args.pop("cores"), args.pop("memory_mb"), args.pop("model")
+    print(json.dumps(asdict(size(cores, memory_mb, model, **args)), sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""The one sizing rule (detector.sizing) and the Ansible role getting its numbers from it."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from detector import sizing
+
+ROOT = Path(__file__).resolve().parents[2]
+ROLE = ROOT / "ansible" / "roles" / "detector"
+
+
+@pytest.mark.parametrize(
+    ("cores", "memory_mb", "model", "workers", "memory_max_mb"),
+    [
+        # (16000 - 512) / 2 colors = 7744 MB per color; yolov3 costs 550 + 350 = 900 MB
+        (2, 16000, "yolov3-tiny", 2, 7744),  # CPU-bound: one worker per core
+        (8, 16000, "yolov3", 8, 7744),
+        (8, 4000, "yolov3", 1, 1792),  # memory-bound: 1744 // 900; MemoryMax rounds up to 64
+        (8, 8000, "yolov3", 4, 3776),  # 3744 // 900
+        (4, 900, "yolov3", 1, 960),  # never fewer than one worker, nor MemoryMax below it
+        (16, 2000, "yolov3-tiny", 1, 768),  # 744 // 650
+        (4, 8000, "custom-model", 2, 3776),  # unknown models cost 1000 + 350
+    ],
+)
+def test_sizing_rule_fits_both_colors(cores, memory_mb, model, workers, memory_max_mb):
+    sized = sizing.size(cores, memory_mb, model)
+    assert (sized.workers, sized.memory_max_mb) == (workers, memory_max_mb)
+    assert sized.threads == sizing.DETECTIONS_PER_WORKER + 1
+    assert sized.torch_threads == max(1, cores // workers)
+    assert sized.memory_high_mb < sized.memory_max_mb
+    assert sized.max_inflight == sizing.DETECTIONS_PER_WORKER * workers
+    if memory_mb - sizing.RESERVE_MB >= 2 * sized.worker_memory_mb:  # room for two colors
+        assert 2 * sized.memory_max_mb <= memory_mb - sizing.RESERVE_MB + 2 * 64
+        assert sized.workers * sized.worker_memory_mb <= sized.memory_max_mb
+
+
+def test_one_color_gets_twice_the_share():
+    assert sizing.size(8, 8000, "yolov3", colors=1).workers == 8  # 7488 // 900
+    assert sizing.size(8, 8000, "yolov3", colors=2).workers == 4
+
+
+def test_explicit_values_win():
+    sized = sizing.size(2, 16000, "yolov3-tiny", workers=3, threads=1, worker_threads=5)
+    assert (sized.workers, sized.torch_threads, sized.threads) == (3, 1, 5)
+
+
+def test_a_bigger_decode_budget_means_fewer_workers():
+    assert sizing.size(8, 8000, "yolov3", decode_memory_mb=850).workers == 2  # 3744 // 1400
+
+
+def _script_task() -> dict:
+    """Return the task of roles/detector/tasks/sizing.yml that runs the rule on the host."""
+    tasks = yaml.safe_load((ROLE / "tasks" / "sizing.yml").read_text())
+    scripts = [t for t in tasks if "ansible.builtin.script" in t]
+    assert len(scripts) == 1, "the role must run detector/sizing.py, once"
+    return scripts[0]
+
+
+def test_the_role_runs_the_packages_rule_read_only():
+    task = _script_task()
+    command = task["ansible.builtin.script"]["cmd"]
+    script = command.replace("{{ role_path }}", str(ROLE)).split()[0]
+    assert Path(script).resolve() == ROOT / "service" / "detector" / "sizing.py"
+    assert task["changed_when"] is False and task["check_mode"] is False
+
+
+def test_no_second_copy_of_the_rule_in_ansible():
+    rendered = [ROLE / "tasks" / "sizing.yml", *sorted((ROLE / "templates").iterdir())]
+    for path in rendered:
+        text = path.read_text()
+        assert "//" not in text, f"{path} computes sizes itself"
+        assert not re.search(r"memtotal_mb\s*[-*/]", text), f"{path} computes sizes itself"
+
+
+def test_the_role_and_the_service_agree():
+    """Run the script with the arguments the role passes (facts filled in) and compare."""
+    command = _script_task()["ansible.builtin.script"]["cmd"]
+    values = {
+        "ansible_processor_vcpus": "6",
+        "ansible_memtotal_mb": "12000",
+        "detector_model": "yolov3",
+        "detector_service_workers": "0",
+        "detector_service_worker_memory_mb": "0",
+        "detector_service_memory_reserve_mb": "512",
+        "detector_decode_memory_mb": "350",
+        "detector_service_colors | length": "2",
+    }
+
+    def fill(match: re.Match) -> str:
+        expression = match.group(1).strip()
+        for name, value in values.items():
+            if expression.startswith(name):
+                return value
+        if expression == "role_path":
+            return str(ROLE)
+        raise AssertionError(f"the sizing task passes an unexpected value: {expression}")
+
+    argv = re.sub(r"\{\{(.*?)\}\}", fill, command).split()
+    out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, check=True)
+    from_role = json.loads(out.stdout)
+    expected = sizing.size(6, 12000, "yolov3", decode_memory_mb=350, colors=2)
+    assert from_role == expected.__dict__
+    unit = (ROLE / "templates" / "detector@.service.j2").read_text()
+    for key in ("workers", "torch_threads", "memory_max_mb", "memory_high_mb"):
+        assert f"_detector_sizing.{key}" in unit or key == "workers"
+    assert "OOMPolicy=continue" in unit
