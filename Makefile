@@ -1,4 +1,4 @@
-# Developer entry points: setup, test, lint, serve, bench, demo. See README.md.
+# Entry points: setup (setup-control: only the deploy tools), test, lint, serve, bench, demo. See README.md.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -23,6 +23,7 @@ setup: apt venv weights
 # Only what a person who provisions and deploys needs (ansible, fabric, the release wheel's build):
 # no torch, no service packages, no apt packages. pip >= 25.1 reads pyproject's dependency groups.
 setup-control: $(BIN)/python
+	$(BIN)/pip install -q "pip>=25.1"
 	$(BIN)/pip install -q --group control
 
 apt:
@@ -52,6 +53,7 @@ torch-settings:  # what `make torch` installs, from where (tests compare it with
 	@echo "TORCH_INDEX=$(TORCH_INDEX)"
 
 venv: torch
+	$(BIN)/pip install -q "pip>=25.1"
 	$(BIN)/pip install -q -e . --group test
 
 weights: venv
