@@ -11,6 +11,10 @@ import numpy as np
 from PIL import Image
 from PIL import UnidentifiedImageError
 
+from .orientation import exif_orientation
+from .orientation import parse_orientation
+from .orientation import transpose
+
 # Formats a photo can come in (JPEG covers MPO); others (EPS, PDF, ...) are "not an image".
 FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM")
 # Formats refused by name: an ICO's header does not bound the size of the PNG it carries.
@@ -36,17 +40,6 @@ _IMAGE_MAGIC = (
     b"RIFF",
 )
 BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as a browser shows them
-EXIF_ORIENTATION = 0x0112
-# EXIF orientation (1..8) -> Pillow transposes: the table ImageOps.exif_transpose uses.
-_TRANSPOSE = {
-    2: (Image.Transpose.FLIP_LEFT_RIGHT,),
-    3: (Image.Transpose.ROTATE_180,),
-    4: (Image.Transpose.FLIP_TOP_BOTTOM,),
-    5: (Image.Transpose.TRANSPOSE,),
-    6: (Image.Transpose.ROTATE_270,),
-    7: (Image.Transpose.TRANSVERSE,),
-    8: (Image.Transpose.ROTATE_90,),
-}
 
 
 class ImageError(ValueError):
@@ -121,15 +114,6 @@ def _draft_size(size: tuple[int, int], target: int) -> tuple[int, int]:
     w, h = size
     scale = target / max(w, h)
     return max(1, int(w * scale + 0.999)), max(1, int(h * scale + 0.999))
-
-
-def _exif_orientation(im: Image.Image) -> int:
-    """Return the EXIF orientation (1..8) of an opened image, 1 when absent or invalid."""
-    try:
-        value = int(im.getexif().get(EXIF_ORIENTATION, 1))
-    except Exception:  # broken EXIF blocks are common: treat them as "no orientation"
-        return 1
-    return value if value in range(1, 9) else 1
 
 
 def _deep_scale(im: Image.Image) -> bool:
@@ -324,7 +308,7 @@ def decode_image(
     im = opened or open_image(data, max_pixels=max_pixels)
     width, height = im.size
     check_cost(im, decode_cost(im, target), budget)
-    exif = _exif_orientation(im)  # a PNG's EXIF may follow its pixels: this can load it
+    exif = exif_orientation(im)  # a PNG's EXIF may follow its pixels: this can load it
     if exif == 1 and orientation is not None:
         exif = -parse_orientation(orientation)  # negative: sent by the client
     if abs(exif) != 1:
@@ -346,32 +330,6 @@ def decode_image(
     del im
     exif = abs(exif)
     if exif != 1:
-        image = _transpose(image, exif)
+        image = transpose(image, exif)
     size = (height, width) if exif in (5, 6, 7, 8) else (width, height)
     return Decoded(image=image, size=size, orientation=exif, format=fmt)
-
-
-def parse_orientation(orientation: str | int | None) -> int:
-    """Return an EXIF orientation 1..8 from a form value; garbage ("undefined", "") gives 1."""
-    try:
-        value = int(str(orientation).strip())
-    except (TypeError, ValueError):
-        return 1
-    return value if 1 <= value <= 8 else 1
-
-
-def _transpose(image: Image.Image, orientation: int) -> Image.Image:
-    """Apply the transposes that undo an EXIF orientation."""
-    for method in _TRANSPOSE.get(orientation, ()):
-        image = image.transpose(method)
-    return image
-
-
-def apply_orientation(image: Image.Image, orientation: str | int | None) -> Image.Image:
-    """Rotate/flip a decoded image by a client-sent EXIF orientation (1..8; garbage ignored).
-
-    Use it only for files without an EXIF orientation of their own (`Decoded.orientation == 1`),
-    since `decode_image` has already applied that one. `decode_image(..., orientation=value)`
-    does both and keeps `Decoded.size` consistent; prefer it.
-    """
-    return _transpose(image, parse_orientation(orientation))

@@ -12,13 +12,16 @@ import pytest
 from detector.detection import Detection
 from detector.drawing import draw_detections
 from detector.drawing import encode_jpeg
+from detector.imaging import MB
 from detector.imaging import CorruptImage
 from detector.imaging import EmptyImage
 from detector.imaging import ImageError
 from detector.imaging import NotAnImage
+from detector.imaging import TooCostly
 from detector.imaging import TooManyPixels
-from detector.imaging import apply_orientation
+from detector.imaging import decode_cost
 from detector.imaging import decode_image
+from detector.orientation import apply_orientation
 from PIL import Image
 from PIL import ImageOps
 
@@ -224,3 +227,53 @@ def test_encode_jpeg_round_trips():
     assert data[:3] == b"\xff\xd8\xff"
     back = Image.open(io.BytesIO(data))
     assert back.format == "JPEG" and back.size == (48, 32)
+
+
+def _noise(mode: str, w: int, h: int) -> Image.Image:
+    rng = np.random.default_rng(5)
+    return Image.fromarray(rng.integers(0, 256, (h, w, len(mode)), np.uint8), mode)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "RGB", "L", "P"])
+def test_non_jpeg_images_decode_reduced_like_a_whole_image_reduce(mode):
+    """Band-by-band conversion and reduction gives what converting the whole image gives."""
+    image = _noise("RGBA" if mode == "RGBA" else "RGB", 2100, 1700)
+    image = image.convert(mode) if mode != "RGBA" else image
+    decoded = decode_image(_save(image, "PNG"), max_pixels=LIMIT, target=416)
+    assert decoded.size == (2100, 1700)
+    assert decoded.image.size == (-(-2100 // 5), -(-1700 // 5))  # 2100 // 421, 1700 // 341
+    whole = decode_image(_save(image, "PNG"), max_pixels=LIMIT).image.reduce(5)
+    assert np.array_equal(np.asarray(decoded.image), np.asarray(whole))
+
+
+def test_float_and_32_bit_images_scale_alike_in_every_band():
+    """One scale for the whole image: a dark band is not left unscaled next to a bright one."""
+    arr = np.zeros((2000, 300), np.float32)
+    arr[:1000] = 200.0  # alone this band would be taken as 8-bit values
+    arr[1000:] = 65535.0
+    for mode, data in (("F", arr), ("I", arr.astype(np.int32))):
+        decoded = decode_image(_save(Image.fromarray(data, mode), "TIFF"), max_pixels=LIMIT)
+        assert decoded.image.getpixel((5, 5)) == (1, 1, 1), mode  # 200 / 257 rounded
+        assert decoded.image.getpixel((5, 1500)) == (255, 255, 255), mode
+
+
+def test_costly_decodes_are_refused_before_decoding():
+    data = _save(Image.new("RGBA", (2000, 1500)), "PNG")
+    with pytest.raises(TooCostly, match=r"needs about 2\d MB, more than the 20 MB"):
+        decode_image(data, max_pixels=LIMIT, budget=20 * MB)
+    assert decode_image(data, max_pixels=LIMIT, budget=20 * MB, target=416).size == (2000, 1500)
+
+
+def test_the_cost_of_a_progressive_jpeg_counts_its_coefficients():
+    image = Image.new("RGB", (1600, 1200), (90, 100, 110))
+    baseline = Image.open(io.BytesIO(_save(image, "JPEG")))
+    progressive = Image.open(io.BytesIO(_save(image, "JPEG", progressive=True, subsampling=0)))
+    extra = decode_cost(progressive) - decode_cost(baseline)
+    assert extra == 1600 * 1200 * 3 * 2  # 3 full-size components, 2 bytes per coefficient
+
+
+def test_icons_are_refused_naming_the_format():
+    inner = _save(Image.new("RGB", (16, 16)), "PNG")
+    entry = struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(inner), 22)
+    with pytest.raises(NotAnImage, match=r"^ICO \(icon\) files are not accepted"):
+        decode_image(struct.pack("<HHH", 0, 1, 1) + entry + inner, max_pixels=LIMIT)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -111,3 +112,51 @@ def test_the_role_and_the_service_agree():
     for key in ("workers", "torch_threads", "memory_max_mb", "memory_high_mb"):
         assert f"_detector_sizing.{key}" in unit or key == "workers"
     assert "OOMPolicy=continue" in unit
+
+
+def test_the_roles_task_renders_the_rules_numbers(tmp_path):
+    """Run the role's sizing tasks on localhost (facts overridden) and compare with the rule."""
+    playbook_bin = Path(sys.executable).parent / "ansible-playbook"
+    if not playbook_bin.exists():
+        pytest.skip("ansible-playbook is not installed in the venv; run `make setup`")
+    out = tmp_path / "sizing.json"
+    play = [
+        {
+            "name": "Size",
+            "hosts": "localhost",
+            "connection": "local",
+            "gather_facts": True,
+            "gather_subset": ["!all", "min"],
+            "tasks": [
+                {
+                    "name": "Run the role's sizing",
+                    "ansible.builtin.include_role": {"name": "detector", "tasks_from": "sizing"},
+                },
+                {
+                    "name": "Keep the result",
+                    "ansible.builtin.copy": {
+                        "content": "{{ _detector_sizing | to_json }}",
+                        "dest": str(out),
+                        "mode": "0600",
+                    },
+                },
+            ],
+        }
+    ]
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
+    facts = {"ansible_processor_vcpus": 3, "ansible_memtotal_mb": 9000, "detector_model": "yolov3"}
+    env = {
+        **os.environ,
+        "ANSIBLE_LOCAL_TEMP": str(tmp_path / ".tmp"),
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+        "ANSIBLE_ROLES_PATH": str(ROOT / "ansible" / "roles"),
+    }
+    result = subprocess.run(
+        [str(playbook_bin), "-i", "localhost,", str(tmp_path / "play.yml")]
+        + ["-e", f"ansible_python_interpreter={sys.executable}", "-e", json.dumps(facts)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(out.read_text()) == sizing.size(3, 9000, "yolov3").__dict__
