@@ -16,6 +16,8 @@ Rule:
   stays within ~2x the unloaded one; each worker has one more thread for light requests
   (health, metrics, 503 answers): threads = 3;
 - torch threads per worker = cores / workers, so workers never oversubscribe the cores;
+- nginx lets one client send rate_per_s = cores / the model's CPU seconds per image (bench/
+  results.md: ~0.72 s yolov3-416, ~0.07 s tiny, torch fp32) with a burst of max_inflight;
 - the unit's MemoryMax is one color's share (never below its workers' cost) and MemoryHigh
   (reclaim and throttle) 7/8 of it; OOMPolicy=continue lets gunicorn replace a killed worker.
 """
@@ -31,6 +33,8 @@ from dataclasses import dataclass
 RESERVE_MB = 512  # the OS, nginx, sshd
 MODEL_MEMORY_MB = {"yolov3-tiny": 300, "yolov3": 550}
 DEFAULT_MODEL_MEMORY_MB = 1000  # custom models: a guess on the safe side
+MODEL_CPU_SECONDS = {"yolov3-tiny": 0.1, "yolov3": 0.75}  # per image, 1 thread
+DEFAULT_MODEL_CPU_SECONDS = 1.5
 DECODE_MEMORY_MB = 350  # config.decode_memory_mb's default
 DETECTIONS_PER_WORKER = 2
 COLORS = 2
@@ -47,6 +51,7 @@ class Sizing:
     memory_max_mb: int  # systemd MemoryMax of one color
     memory_high_mb: int  # systemd MemoryHigh of one color
     max_inflight: int  # detections admitted at once by one color (limits.Gate)
+    rate_per_s: int  # images per second the host can serve: nginx's per-client limit_req rate
 
 
 def size(
@@ -85,6 +90,7 @@ def size(
         memory_max_mb=memory_max,
         memory_high_mb=memory_max * 7 // 8,
         max_inflight=DETECTIONS_PER_WORKER * workers,
+        rate_per_s=max(1, int(cores / MODEL_CPU_SECONDS.get(model, DEFAULT_MODEL_CPU_SECONDS))),
     )
 
 

@@ -157,6 +157,7 @@ def rendered(tmp_path_factory) -> Path:
                     "memory_max_mb": 3000,
                     "memory_high_mb": 2625,
                     "max_inflight": 2,
+                    "rate_per_s": 20,
                 },
                 "_certbot_bin": "/opt/certbot/bin/certbot",
                 "ansible_processor_vcpus": 2,
@@ -260,3 +261,16 @@ def test_pip_missing_filter_compares_freeze_with_pins():
         "numpy==2.4.6",
     ]
     assert module.pip_missing("", ["torch==2.13.0+cpu"]) == ["torch==2.13.0+cpu"]
+
+
+def test_rendered_site_limits_to_the_sized_capacity_and_says_when_to_retry(rendered: Path):
+    site = (rendered / "detector.conf").read_text()
+    assert "rate=20r/s;" in site  # _detector_sizing.rate_per_s
+    assert "limit_req zone=detector_req burst=2 nodelay;" in site  # _detector_sizing.max_inflight
+    assert '"~^(429|502|503):$" 1;' in site
+    retry = "add_header Retry-After $detector_retry_after always;"
+    assert retry in site
+    template = ANSIBLE / "roles" / "nginx" / "templates" / "detector.conf.j2"
+    assert template.read_text().count(retry) == 2  # the TLS server and the lb's backend server
+    errors = (rendered / "detector-errors.conf").read_text()
+    assert 'return 503 \'{"error": "service unavailable or busy; retry shortly"}' in errors

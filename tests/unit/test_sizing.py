@@ -42,6 +42,13 @@ def test_sizing_rule_fits_both_colors(cores, memory_mb, model, workers, memory_m
         assert sized.workers * sized.worker_memory_mb <= sized.memory_max_mb
 
 
+@pytest.mark.parametrize(
+    ("cores", "model", "rate"), [(2, "yolov3-tiny", 20), (8, "yolov3", 10), (1, "yolov3", 1)]
+)
+def test_the_rate_nginx_allows_one_client_is_the_hosts_throughput(cores, model, rate):
+    assert sizing.size(cores, 64000, model).rate_per_s == rate
+
+
 def test_one_color_gets_twice_the_share():
     assert sizing.size(8, 8000, "yolov3", colors=1).workers == 8  # 7488 // 900
     assert sizing.size(8, 8000, "yolov3", colors=2).workers == 4
