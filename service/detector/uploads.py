@@ -126,7 +126,8 @@ def _detect(deadline, bounds, config, detector, data, draft, orientation) -> Res
         image = image.reduce(factor)
     # Inference is CPU-bound and uses the worker's cores: a second one waits instead of halving
     # the speed of both. Past the deadline the client has had its 503: give up.
-    if not bounds.infer_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+    left = deadline - time.monotonic()
+    if left <= 0 or not bounds.infer_lock.acquire(timeout=left):
         raise ApiError(503, "detection waited past the request deadline")
     try:
         detections = detector.detect(image, original_size=decoded.size)

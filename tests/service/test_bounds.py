@@ -13,6 +13,7 @@ from detector.errors import ApiError
 from detector.limits import Gate
 from detector.limits import MemoryBudget
 from PIL import Image
+from prometheus_client import REGISTRY
 from svc_helpers import post_file
 
 ENDPOINTS = ("/", "/api/v1/detect")
@@ -36,6 +37,23 @@ def test_a_request_past_its_deadline_gets_503_with_the_reason(service_config, ur
     assert response.status_code == 503
     assert response.get_json()["error"].startswith("detection took longer than 0.01 s")
     assert int(response.headers["Retry-After"]) >= 1
+
+
+def test_work_past_its_deadline_stops_before_inference_and_frees_its_slot(service_config):
+    app = create_app({**service_config, "request_deadline_s": 0.01})
+    gate: Gate = app.extensions["bounds"].gate
+    inferences = (
+        REGISTRY.get_sample_value("detector_inference_seconds_count", {"model": "yolov3-tiny"}) or 0
+    )
+    response = post_file(app.test_client(), "/api/v1/detect", png(big(1600, 1200)), "big.png")
+    assert response.status_code == 503
+    for _ in range(100):
+        if gate.inflight == 0:
+            break
+        time.sleep(0.05)
+    assert gate.inflight == 0
+    after = REGISTRY.get_sample_value("detector_inference_seconds_count", {"model": "yolov3-tiny"})
+    assert (after or 0) == inferences
 
 
 def test_the_default_deadline_lets_a_normal_request_through(client, coffee_jpeg):
