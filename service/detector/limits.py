@@ -20,6 +20,10 @@ MAX_WORKER_SLOTS = 256  # in-flight counters shared by the workers of one gunico
 _shared: dict = {}
 
 
+class DeadlineExceeded(Exception):
+    """Raised by a job that finds its request's deadline passed (Runner answers 503)."""
+
+
 def share(counts, slot: int, capacity: int) -> None:
     """Make this process count its detections in `counts[slot]` against a host-wide capacity."""
     _shared.update(counts=counts, slot=slot, capacity=capacity)
@@ -144,7 +148,7 @@ class Runner:
         future.add_done_callback(lambda _: gate.leave(time.monotonic() - started))
         try:
             return future.result(timeout=deadline_s)
-        except FutureTimeout:
+        except (FutureTimeout, DeadlineExceeded):
             raise ApiError(
                 503,
                 f"detection took longer than {deadline_s:g} s; retry later or with a smaller image",

@@ -21,6 +21,7 @@ from .imaging import decode_cost
 from .imaging import decode_image
 from .imaging import open_image
 from .imaging import reduce_factor
+from .limits import DeadlineExceeded
 from .limits import Gate
 from .limits import MemoryBudget
 from .limits import Runner
@@ -128,7 +129,7 @@ def _detect(deadline, bounds, config, detector, data, draft, orientation) -> Res
     # the speed of both. Past the deadline the client has had its 503: give up.
     left = deadline - time.monotonic()
     if left <= 0 or not bounds.infer_lock.acquire(timeout=left):
-        raise ApiError(503, "detection waited past the request deadline")
+        raise DeadlineExceeded()
     try:
         detections = detector.detect(image, original_size=decoded.size)
     finally:
