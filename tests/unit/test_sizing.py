@@ -167,3 +167,5 @@ def test_the_roles_task_renders_the_rules_numbers(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads(out.read_text()) == sizing.size(3, 9000, "yolov3").__dict__
+    # tests/e2e/test_provision.py reads the printed sizing
+    assert re.search(r"3 cores, 9000 MB RAM: 3 worker\(s\) x 1 thread\(s\)", result.stdout)
