@@ -64,6 +64,8 @@ def provisioned(testbed: Testbed, testbed_hosts, tmp_path_factory) -> Provisione
     testbed.build_wheelhouse(wheelhouse_requirements(work / "requirements.txt"))
     user = user_inventory(testbed, [host], work)
     first = user.provision()
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "provision-readme-path.log").write_text(first.stdout + first.stderr)
     if first.returncode != 0:
         probe = ssh(
             host, "head -c 300 /etc/python3.11/sitecustomize.py; dpkg -l python3-apt", check=False
@@ -208,11 +210,13 @@ def test_dns_a_record_points_at_the_host(provisioned: Provisioned):
 
 def test_deploy_user_gets_only_its_commands(provisioned: Provisioned):
     deploy = dataclasses.replace(provisioned.host, user="deploy")
-    assert ssh(deploy, "sudo -n /usr/sbin/nginx -t -q", check=False).returncode == 0
+    helper = "/usr/local/sbin/detector-activate"  # the switch: only names, checked again by it
+    assert ssh(deploy, f"sudo -n {helper} --sync", check=False).returncode == 0
+    assert ssh(deploy, "sudo -n /usr/sbin/nginx -t -q", check=False).returncode != 0
     assert ssh(deploy, "sudo -n /usr/bin/id", check=False).returncode != 0
     assert ssh(deploy, "sudo -n /usr/bin/systemctl restart nginx.service", check=False).returncode
     owner = provisioned.sh("stat -c '%U %G %a' /opt/detector /opt/detector/releases")
-    assert owner.split() == ["deploy", "detector", "755"] * 2
+    assert owner.split() == ["root", "detector", "755", "deploy", "detector", "755"]
 
 
 def test_forced_renewal_through_the_timer_service_serves_a_new_serial(provisioned: Provisioned):

@@ -1,0 +1,188 @@
+"""An attacker holding the deploy key (or the hosts' TSIG key) on a provisioned bed host.
+
+What they must not get: a root-only file, a directive of theirs in nginx's http context, root
+running anything they can write, another DNS record; and an interrupted switch (fab killed
+between its steps) must come back consistent from THE live record after a reboot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import time
+
+import pytest
+
+from testbed import DOMAIN
+from testbed import Testbed
+from testbed import acme
+from testbed.hosts import Host
+from testbed.hosts import ssh
+from testbed.provisioning import MODEL
+from testbed.provisioning import REPO
+from testbed.provisioning import wheelhouse_requirements
+from testbed.userpath import UserInventory
+from testbed.userpath import user_inventory
+
+HELPER = "/usr/local/sbin/detector-activate"
+INCLUDE = "/etc/nginx/detector-upstream.conf"
+RECORD = "/var/lib/detector/live-color"
+
+
+@dataclasses.dataclass
+class Bed:
+    bed: Testbed
+    host: Host  # as admin (passwordless sudo: the test's own root)
+    deploy: Host  # as the deploy user: the attacker
+    user: UserInventory
+
+    def root(self, command: str, check: bool = True) -> str:
+        return ssh(self.host, f"sudo sh -c {_q(command)}", check=check).stdout
+
+    def attacker(self, command: str) -> subprocess.CompletedProcess:
+        return ssh(self.deploy, command, check=False)
+
+
+def _q(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+@pytest.fixture(scope="module")
+def bed(testbed: Testbed, testbed_hosts, tmp_path_factory) -> Bed:
+    if not (REPO / "weights" / f"{MODEL}.weights").is_file():
+        pytest.skip(f"weights/{MODEL}.weights is missing: run `make setup` (make weights)")
+    host = testbed_hosts(1, fresh=True)[0]
+    work = tmp_path_factory.mktemp("attacker")
+    testbed.build_wheelhouse(wheelhouse_requirements(work / "requirements.txt"))
+    user = user_inventory(testbed, [host], work)
+    run = user.provision()
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    return Bed(testbed, host, dataclasses.replace(host, user="deploy"), user)
+
+
+def test_sudo_lists_only_argument_free_or_validated_commands(bed: Bed):
+    listed = bed.attacker("sudo -n -l").stdout
+    granted = " ".join(listed.split("NOPASSWD:", 1)[1].split())  # sudo may wrap long lines
+    commands = [c.strip() for c in granted.split(",") if c.strip()]
+    allowed = {
+        f"{HELPER} blue",
+        f"{HELPER} green",
+        f"{HELPER} --sync",
+        "/usr/bin/systemctl --no-pager start detector-certbot-renew.service",
+        "/usr/bin/systemctl --no-pager start detector-certbot-renew@force.service",
+        "/usr/bin/systemctl --no-pager start detector-certbot-renew@dry-run.service",
+    }
+    for color in ("blue", "green"):
+        for verb in ("start", "stop", "reset-failed"):
+            allowed.add(f"/usr/bin/systemctl --no-pager {verb} detector@{color}.service")
+    assert set(commands) == allowed, listed
+    helper = bed.root(f"stat -c '%U %G %a' {HELPER} /etc/detector-activate.json")
+    assert helper.split() == ["root", "root", "755", "root", "root", "644"]
+
+
+def test_the_symlink_trick_no_longer_copies_a_root_only_file(bed: Bed):
+    staged = "/opt/detector/shared/staging/nginx-upstream.conf"
+    trick = bed.attacker(
+        f"mkdir -p /opt/detector/shared/staging && ln -sf /etc/shadow {staged} && "
+        f"sudo -n /usr/bin/install -m 0644 -o root -g root {staged} {INCLUDE}"
+    )
+    assert trick.returncode != 0
+    assert "root:" not in bed.root(f"cat {INCLUDE}")
+    # nor through the helper: it takes no path, and names nothing the caller controls
+    for argv in (staged, f"--sync {staged}", "/etc/shadow", "../blue"):
+        refused = bed.attacker(f"sudo -n {HELPER} {argv}")
+        assert refused.returncode != 0, argv
+    assert "root:" not in bed.attacker(f"cat {INCLUDE} {RECORD} 2>&1").stdout
+
+
+def test_the_deploy_user_cannot_put_a_directive_into_the_include(bed: Bed):
+    before = bed.root(f"cat {INCLUDE}")
+    attempts = [
+        f"echo 'ssl_certificate_key /etc/shadow;' >> {INCLUDE}",
+        f"echo green > {RECORD}",
+        "echo '{}' > /etc/detector-activate.json",
+        f"sudo -n {HELPER} 'blue; }} include /opt/detector/shared/x; upstream y {{'",
+        "ln -sfn /opt/detector/shared /opt/detector/current",
+        "mv /opt/detector/venv /opt/detector/shared/venv-moved",  # swap root's interpreter
+        "sudo -n /usr/sbin/nginx -t -q",  # no longer granted: the helper checks nginx itself
+    ]
+    for command in attempts:
+        assert bed.attacker(command).returncode != 0, command
+    assert bed.root(f"cat {INCLUDE}") == before
+    owners = bed.root(
+        "stat -c '%n %U' /opt/detector /opt/detector/venv /opt/detector/env /var/lib/detector"
+    )
+    assert all(line.endswith(" root") for line in owners.splitlines()), owners
+    unit = bed.root("systemctl cat detector@blue.service")
+    assert "EnvironmentFile" not in unit.replace("# No EnvironmentFile", "")
+
+
+def test_the_hosts_tsig_key_cannot_change_another_record(bed: Bed):
+    key = bed.bed.dns.tsig  # the key every host holds in its certbot credentials
+    for attack in (
+        [f"update add www.{DOMAIN}. 60 A 203.0.113.66"],
+        [f"update add {DOMAIN}. 60 NS ns.attacker.example."],
+        [f"update delete {bed.host.name}.{DOMAIN}. A"],
+    ):
+        with pytest.raises(subprocess.CalledProcessError) as refused:
+            acme.nsupdate(bed.bed.dns, attack, key=key)
+        assert "REFUSED" in (refused.value.stdout or "") + (refused.value.stderr or "")
+    assert bed.bed.resolve(f"www.{DOMAIN}") == []
+    assert bed.bed.resolve(f"{bed.host.name}.{DOMAIN}") == [bed.host.address]
+    # ...while provisioning got its certificate with that key (DNS-01) and set the A record
+    assert bed.host.address in bed.bed.resolve(DOMAIN)
+
+
+def _serving(bed: Bed) -> str:
+    """The release nginx serves on the host's 443 ('' unless /readyz answers 200)."""
+    head = bed.root(
+        f"curl -sk -o /dev/null -D - --resolve {DOMAIN}:443:127.0.0.1 https://{DOMAIN}/readyz",
+        check=False,
+    ).replace("\r", "")
+    lines = head.splitlines()
+    if not lines or " 200" not in lines[0]:
+        return ""
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "x-detector-release":
+            return value.strip()
+    return ""
+
+
+def test_an_interrupted_switch_comes_back_consistent_after_a_reboot(bed: Bed):
+    deploy = bed.user.fab("deploy")
+    assert deploy.returncode == 0, (deploy.stdout + deploy.stderr)[-3000:]
+    assert bed.root(f"cat {RECORD}").strip() == "blue"
+    rid = bed.root("readlink -e /opt/detector/colors/blue").strip().rsplit("/", 1)[-1]
+    # fab's switch, run by hand as the deploy user and "killed" after the helper wrote the
+    # record: green booted and made live, blue never stopped ...
+    steps = bed.attacker(
+        "ln -sfn $(readlink -e /opt/detector/colors/blue) /opt/detector/colors/green.tmp && "
+        "mv -T /opt/detector/colors/green.tmp /opt/detector/colors/green && "
+        "sudo -n /usr/bin/systemctl --no-pager start detector@green.service && "
+        f"sudo -n {HELPER} green"
+    )
+    assert steps.returncode == 0, steps.stderr
+    # ... and worse than any SSH drop: power lost between the record and the include
+    stale = "upstream detector {\\n    server unix:/run/detector/blue.sock;\\n}\\n"
+    bed.root(f"printf '{stale}' > {INCLUDE}")
+    bed.root("rm -f /opt/detector/current")
+    bed.bed.reboot(bed.host)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and _serving(bed) != rid:
+        time.sleep(2)
+    assert _serving(bed) == rid
+    assert bed.root(f"cat {RECORD}").strip() == "green"
+    assert "/run/detector/green.sock" in bed.root(f"cat {INCLUDE}")
+    assert bed.root("readlink /opt/detector/current").strip() == "/opt/detector/colors/green"
+    state = bed.root(
+        "systemctl is-active detector@green.service detector@blue.service; "
+        "systemctl is-enabled detector@green.service detector@blue.service",
+        check=False,
+    ).split()
+    assert state == ["active", "inactive", "disabled", "disabled"], state
+    status = bed.user.fab("status")
+    assert status.returncode == 0 and "live color green" in status.stdout, status.stdout[-2000:]
+    again = bed.user.fab("deploy")  # and the next deploy goes on from the record
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert bed.root(f"cat {RECORD}").strip() == "blue"
