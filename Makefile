@@ -1,4 +1,4 @@
-# Entry points: setup (setup-control: only the deploy tools), test, lint, serve, bench, demo. See README.md.
+# Entry points: setup, setup-control (deploy tools only), test, lint, serve, bench, demo. README.md
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
