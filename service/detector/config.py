@@ -50,6 +50,11 @@ class Config:
     request_deadline_s: float = 30.0  # decode + inference per request; later = 503
     decode_memory_mb: int = 350  # memory one worker's image decodes may use at once; more = 422
     max_inflight: int = 0  # detections admitted at once per service (all workers); 0 = 2 per worker
+    # gunicorn (detector.gunicorn_conf reads these; the unit passes no flags of its own):
+    worker_timeout_s: int = 120  # a worker silent this long is killed (hung loop watchdog)
+    graceful_timeout_s: int = 60  # in-flight requests finish within this on stop/reload
+    max_requests: int = 1000  # a worker is recycled after this many requests ...
+    max_requests_jitter: int = 100  # ... plus a random 0..N, so workers do not recycle together
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -77,6 +82,13 @@ class Config:
                 "request_deadline_s and decode_memory_mb must be positive, got "
                 f"{self.request_deadline_s} and {self.decode_memory_mb}"
             )
+        if self.worker_timeout_s <= 0 or self.graceful_timeout_s <= 0:
+            raise ConfigError(
+                "worker_timeout_s and graceful_timeout_s must be positive, got "
+                f"{self.worker_timeout_s} and {self.graceful_timeout_s}"
+            )
+        if self.max_requests < 0 or self.max_requests_jitter < 0:
+            raise ConfigError("max_requests and max_requests_jitter must be 0 (off) or positive")
         if self.max_inflight < 0:
             raise ConfigError(f"max_inflight must be 0 (auto) or positive, got {self.max_inflight}")
         custom = [bool(self.cfg), bool(self.weights), bool(self.names)]

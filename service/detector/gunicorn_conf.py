@@ -27,8 +27,10 @@ every worker that serves. Cost: one model load per worker start (tiny ~1 s).
 
 Timeouts: a request's decode + inference has its own deadline (config.request_deadline_s, 503
 after it; limits.Runner) since a threaded worker's `timeout` only catches a hung worker loop;
-`timeout` 60 s is that watchdog; `graceful_timeout` 30 s lets in-flight requests finish on
-reload/stop; `max_requests` with jitter recycles workers slowly so leaks cannot grow unbounded.
+`timeout` (config worker_timeout_s, 120 s) is that watchdog; `graceful_timeout` (60 s) lets
+in-flight requests finish on reload/stop; `max_requests` (1000 + jitter 100) recycles workers
+slowly so leaks cannot grow unbounded. One source: these come from the config, which production
+renders from the Ansible defaults (a test checks both agree), so the unit passes no flags.
 """
 
 from __future__ import annotations
@@ -84,11 +86,11 @@ worker_class = "gthread"
 worker_connections = 2 * _sizing.threads  # accepted per worker; the rest wait in the backlog
 backlog = 64  # the listen queue; beyond it nginx gets EAGAIN at once and answers 502/503
 preload_app = False
-timeout = 60
-graceful_timeout = 30
+timeout = _settings.worker_timeout_s
+graceful_timeout = _settings.graceful_timeout_s
 keepalive = 5
-max_requests = 2000
-max_requests_jitter = 200
+max_requests = _settings.max_requests
+max_requests_jitter = _settings.max_requests_jitter
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 accesslog = "-"
 errorlog = "-"

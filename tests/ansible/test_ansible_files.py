@@ -197,6 +197,46 @@ def test_rendered_config_is_accepted_by_the_service(rendered: Path):
     assert loaded.max_upload_bytes == GROUP_VARS["detector_max_upload_bytes"]
     assert loaded.weights_dir == GROUP_VARS["detector_weights_dir"]
     assert loaded.workers == 1 and loaded.threads == 2
+    assert loaded.worker_timeout_s == GROUP_VARS["detector_request_timeout_s"]
+    assert loaded.graceful_timeout_s == GROUP_VARS["detector_graceful_timeout_s"]
+    assert loaded.max_requests == GROUP_VARS["detector_max_requests"]
+    assert loaded.max_requests_jitter == GROUP_VARS["detector_max_requests_jitter"]
+
+
+# Service config key -> the Ansible setting production renders it from. Their defaults must be
+# the same number, so `detector serve` by hand, production and the README say one thing.
+SAME_DEFAULT = {
+    "worker_timeout_s": "detector_request_timeout_s",
+    "graceful_timeout_s": "detector_graceful_timeout_s",
+    "max_requests": "detector_max_requests",
+    "max_requests_jitter": "detector_max_requests_jitter",
+    "request_deadline_s": "detector_request_deadline_s",
+    "decode_memory_mb": "detector_decode_memory_mb",
+    "max_upload_bytes": "detector_max_upload_bytes",
+    "max_pixels": "detector_max_pixels",
+    "threshold": "detector_threshold",
+    "nms_threshold": "detector_nms_threshold",
+}
+
+
+@pytest.mark.parametrize("key", sorted(SAME_DEFAULT))
+def test_service_and_ansible_defaults_agree(key: str):
+    from detector import config
+
+    assert getattr(config.Config(), key) == GROUP_VARS[SAME_DEFAULT[key]], (
+        f"config.{key} and {SAME_DEFAULT[key]} must have the same default"
+    )
+
+
+def test_gunicorn_settings_come_from_the_config():
+    from detector import config
+    from detector import gunicorn_conf
+
+    defaults = config.load(environ={})
+    assert gunicorn_conf.timeout == defaults.worker_timeout_s
+    assert gunicorn_conf.graceful_timeout == defaults.graceful_timeout_s
+    assert gunicorn_conf.max_requests == defaults.max_requests
+    assert gunicorn_conf.max_requests_jitter == defaults.max_requests_jitter
 
 
 def test_rendered_unit_is_hardened(rendered: Path):
@@ -205,8 +245,9 @@ def test_rendered_unit_is_hardened(rendered: Path):
     assert f"Environment=DETECTOR_CONFIG={GROUP_VARS['detector_config_file']}" in unit
     assert "OMP_NUM_THREADS=2" in unit and "MemoryMax=3000M" in unit
     stop = int(re.search(r"TimeoutStopSec=(\d+)", unit).group(1))
-    graceful = int(re.search(r"--graceful-timeout (\d+)", unit).group(1))
-    assert stop > graceful
+    assert stop > GROUP_VARS["detector_graceful_timeout_s"]
+    # gunicorn's timeouts and recycling come from the config file alone (one source), no flags.
+    assert "--timeout" not in unit and "--max-requests" not in unit
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed (apt: systemd); exposure not scored")
     result = subprocess.run(
