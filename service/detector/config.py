@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 
+from detector import sizing
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.9/3.10 targets
@@ -48,7 +50,8 @@ class Config:
     worker_threads: int = 0  # request threads per worker; 0 = sized with workers
     backend_url: str = ""  # where the upload page POSTs; empty = the page's own origin
     request_deadline_s: float = 30.0  # decode + inference per request; later = 503
-    decode_memory_mb: int = 350  # memory one worker's image decodes may use at once; more = 422
+    # memory one worker's image decodes may use at once; more = 422 (default: the sizing rule's)
+    decode_memory_mb: int = sizing.DECODE_MEMORY_MB
     max_inflight: int = 0  # detections admitted at once per service (all workers); 0 = 2 per worker
     # gunicorn (detector.gunicorn_conf reads these; the unit passes no flags of its own):
     worker_timeout_s: int = 120  # a worker silent this long is killed (hung loop watchdog)

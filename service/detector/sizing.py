@@ -35,7 +35,7 @@ MODEL_MEMORY_MB = {"yolov3-tiny": 300, "yolov3": 550}
 DEFAULT_MODEL_MEMORY_MB = 1000  # custom models: a guess on the safe side
 MODEL_CPU_SECONDS = {"yolov3-tiny": 0.1, "yolov3": 0.75}  # per image, 1 thread
 DEFAULT_MODEL_CPU_SECONDS = 1.5
-DECODE_MEMORY_MB = 350  # config.decode_memory_mb's default
+DECODE_MEMORY_MB = 350  # config.decode_memory_mb's default (config takes it from here)
 DETECTIONS_PER_WORKER = 2
 COLORS = 2
 

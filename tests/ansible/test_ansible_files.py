@@ -228,6 +228,13 @@ def test_service_and_ansible_defaults_agree(key: str):
     )
 
 
+def test_the_sizing_rule_and_ansible_reserve_the_same_memory():
+    from detector import sizing
+
+    assert sizing.RESERVE_MB == GROUP_VARS["detector_memory_reserve_mb"]
+    assert sizing.DECODE_MEMORY_MB == GROUP_VARS["detector_decode_memory_mb"]
+
+
 def test_gunicorn_settings_come_from_the_config():
     from detector import config
     from detector import gunicorn_conf

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import sizing
 from ..machine import memory_total_mb
 from .cfg import Convolutional
 from .cfg import ModelCfg
@@ -22,7 +23,7 @@ AUTO_MIN_RUNS, AUTO_MAX_RUNS, AUTO_BUDGET_S = 2, 5, 2.0
 # about 330 MB of process + 6.6 x the weights file (cv2.dnn keeps several copies and
 # workspace). auto only tries OpenCV when every worker can hold this plus the torch model.
 OPENCV_BASE_MB, OPENCV_PER_WEIGHTS_MB = 330, 6.6
-RESERVE_MB = 512  # left to the OS, nginx and the gunicorn master
+RESERVE_MB = sizing.RESERVE_MB  # left to the OS, nginx and the gunicorn master (one rule)
 
 
 def cpu_flags() -> set[str]:
