@@ -10,6 +10,8 @@ from flask import jsonify
 from . import __version__
 from . import metrics
 from .errors import ApiError
+from .options import apply_options
+from .options import request_options
 from .uploads import detect_upload
 
 bp = Blueprint("api", __name__)
@@ -17,15 +19,21 @@ bp = Blueprint("api", __name__)
 
 @bp.post("/api/v1/detect")
 def detect():
-    """Return the detections for the uploaded image as JSON."""
-    result = detect_upload(draft=True)
+    """Return the detections for the uploaded image as JSON.
+
+    Options (query args or form fields, checked before inference): `threshold`, `classes`,
+    `max_detections`; see detector.options. The reply's `threshold` is the one applied.
+    """
     detector = current_app.extensions["detector"].get()
+    options = request_options(detector)
+    result = detect_upload(draft=True)
     width, height = result.size
     return jsonify(
         model=detector.name,
         width=width,
         height=height,
-        detections=[d.to_dict() for d in result.detections],
+        threshold=options.threshold,
+        detections=[d.to_dict() for d in apply_options(result.detections, options)],
         timing_ms=result.timing_ms,
     )
 

@@ -14,6 +14,8 @@ from flask import request
 
 from .drawing import draw_detections
 from .drawing import encode_jpeg
+from .options import apply_options
+from .options import request_options
 from .uploads import detect_upload
 
 bp = Blueprint("web", __name__)
@@ -45,18 +47,22 @@ def index():
 def detect_and_draw():
     """Return the upload with boxes drawn, as `{"name": "input.jpg", "image": "data:..."}`.
 
-    With `?detections=1` the reply also carries `model`, `detections` and `timing_ms` (the page
-    asks for them; the default reply stays exactly the original's).
+    With `?detections=1` the reply also carries `model`, `threshold`, `detections` and
+    `timing_ms` (the page asks for them; the default reply stays exactly the original's). The
+    options of /api/v1/detect (`threshold`, `classes`, `max_detections`) pick the boxes drawn.
     """
+    detector = current_app.extensions["detector"].get()
+    options = request_options(detector)
     result = detect_upload()
-    drawn = draw_detections(result.image, result.detections, in_place=True)
+    detections = apply_options(result.detections, options)
+    drawn = draw_detections(result.image, detections, in_place=True)
     encoded = base64.b64encode(encode_jpeg(drawn)).decode("ascii")
     body = {"name": RESULT_NAME, "image": DATA_URL_PREFIX + encoded}
     if request.args.get("detections") in ("1", "true", "yes"):
-        detector = current_app.extensions["detector"].get()
         body["model"] = detector.name
         body["width"], body["height"] = result.image.size
-        body["detections"] = [d.to_dict() for d in result.detections]
+        body["threshold"] = options.threshold
+        body["detections"] = [d.to_dict() for d in detections]
         body["timing_ms"] = result.timing_ms
     return Response(json.dumps(body), mimetype="application/json")
 

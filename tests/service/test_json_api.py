@@ -14,8 +14,9 @@ def test_detect_returns_the_documented_json(client, dog_jpeg):
     response = post_file(client, "/api/v1/detect", dog_jpeg)
     assert response.status_code == 200
     body = response.get_json()
-    assert set(body) == {"model", "width", "height", "detections", "timing_ms"}
+    assert set(body) == {"model", "width", "height", "threshold", "detections", "timing_ms"}
     assert (body["model"], body["width"], body["height"]) == ("yolov3-tiny", 768, 576)
+    assert body["threshold"] == 0.25  # the server's; a request may raise it (test_options.py)
     assert {"dog", "bicycle", "car"} <= {d["label"] for d in body["detections"]}
     for det in body["detections"]:
         assert set(det) == {"label", "class_id", "score", "box"}
