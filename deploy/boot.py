@@ -8,6 +8,7 @@ from fabric import Connection
 
 from deploy import commands
 from deploy import health
+from deploy import history
 from deploy import release
 from deploy import switch
 from deploy.inventory import Host
@@ -40,7 +41,7 @@ def boot(c: Connection, host: Host, rid: str, kind: str = "deploy") -> str:
     except BaseException as exc:
         switch.stop_color(c, host, idle)
         serving = switch.release_of(previous) or "nothing"
-        raise DeployError(
+        raise _failure(exc)(
             f"{rid} refused on {host.name} before any switch: {exc}; still serving {serving}"
         ) from None
     try:
@@ -63,7 +64,7 @@ def boot(c: Connection, host: Host, rid: str, kind: str = "deploy") -> str:
                 f"check `fab status` and run `fab rollback`"
             ) from None
         back = switch.release_of(previous) or "nothing (first deploy)"
-        raise DeployError(f"{rid} failed on {host.name}: {exc}; rolled back to {back}") from None
+        raise _failure(exc)(f"{rid} failed on {host.name}: {exc}; rolled back to {back}") from None
     with step(host, f"drain and stop {live or 'no previous color'}"):
         if live:
             left = switch.drain(c, host)
@@ -71,6 +72,11 @@ def boot(c: Connection, host: Host, rid: str, kind: str = "deploy") -> str:
                 say(host, f"warning: {left} nginx worker(s) still draining; stopping anyway")
             switch.stop_color(c, host, live)
     return rid
+
+
+def _failure(exc: BaseException) -> type[DeployError]:
+    """The release failed (a check or its start), or fab was interrupted (Ctrl-C: not its fault)."""
+    return history.ReleaseFailed if isinstance(exc, Exception) else DeployError
 
 
 def _switch_back(c: Connection, host: Host, live: str, idle: str) -> None:

@@ -12,10 +12,14 @@ from deploy.commands import is_release_id
 from deploy.remote import DeployError
 
 COMPLETE = "COMPLETE"  # in a release dir: written only after install + import check passed
-FAILED = "FAILED"  # in a release dir: its smoke check or gate failed; never a rollback target
+FAILED = "FAILED"  # in a release dir: its smoke check or gate failed (deploy or rollback)
 HISTORY = "history"  # in shared/: one line per successful switch, appended, never rewritten
 KINDS = ("deploy", "rollback", "restart", "config")
 LISTS = "`fab status` lists the releases and their states"
+
+
+class ReleaseFailed(DeployError):
+    """The release itself failed: it did not start, or failed its smoke check or gate."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,7 @@ def refusal(state: State, rid: str) -> str:
     if rid == state.current:
         return "is already current"
     if rid in state.failed:
-        return f"failed its checks when it was deployed (marked {FAILED})"
+        return f"failed its checks when it was deployed or rolled back to (marked {FAILED})"
     if rid not in state.complete:
         return f"is incomplete: its install never finished (no {COMPLETE} marker)"
     if rid not in once_live(state.history):

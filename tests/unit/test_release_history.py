@@ -9,9 +9,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ssh_helpers import SshServer
+from ssh_helpers import ed25519_key
 
 from deploy import commands
 from deploy import history
+from deploy import release
+from deploy import remote
+from deploy import rollback
+from deploy.inventory import Host
 from deploy.remote import DeployError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,3 +161,86 @@ def test_renew_instances_match_the_units_ansible_installs():
     for instance in commands.RENEW_INSTANCES:
         force = instance == "force"
         assert commands.renew_unit("x.service", force, not force) == f"x@{instance}.service"
+
+
+@pytest.fixture
+def ssh_site(tmp_path, monkeypatch):
+    """A real SSH server on 127.0.0.1 running commands here, and a Host whose app root is a
+    temp tree with releases A, C (complete), E (current through colors/blue) and their history."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    host_key = ed25519_key(tmp_path / "host_key")
+    server = SshServer(host_key, ed25519_key(tmp_path / "id_ed25519"))
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{server.port} {host_key.get_name()} {host_key.get_base64()}\n")
+    app = tmp_path / "app"
+    for rid in (A, C, E):
+        (app / "releases" / rid / "bin").mkdir(parents=True)
+        (app / "releases" / rid / history.COMPLETE).write_text("x\n")
+    (app / "shared").mkdir()
+    (app / "shared" / history.HISTORY).write_text(
+        log(("deploy", A, ""), ("deploy", C, A), ("deploy", E, C))
+    )
+    (app / "colors").mkdir()
+    (app / "colors" / "blue").symlink_to(app / "releases" / E)
+    (app / "current").symlink_to(app / "colors" / "blue")
+    host = Host(
+        name="local",
+        address="127.0.0.1",
+        user="deploy",
+        ssh_port=server.port,
+        key_file=str(tmp_path / "id_ed25519"),
+        service="detector",
+        app_root=str(app),
+        env_link=str(app / "env"),
+        domain="detector.test",
+        https_ports=(443,),
+        releases_keep=5,
+        socket_dir=str(tmp_path / "run"),
+        upstream_conf=str(tmp_path / "upstream.conf"),
+        upstream_name="detector",
+        renew_service="detector-certbot-renew.service",
+        known_hosts=(str(known),),
+    )
+    c = remote.connect(host)
+    yield c, host
+    c.close()
+    server.close()
+
+
+def test_a_rollback_target_that_fails_its_gate_is_marked_failed_and_not_picked_again(ssh_site):
+    c, host = ssh_site
+    booted = []
+
+    def gate_fails(cc, h, rid, kind):
+        booted.append((rid, kind))
+        raise history.ReleaseFailed(f"{rid} failed on {h.name}: gate: no `cup`; rolled back to {E}")
+
+    with pytest.raises(DeployError, match=f"marked {C} FAILED: later rollbacks skip it") as err:
+        rollback.rollback(c, host, boot_one=gate_fails)
+    assert f"remove {host.release_dir(C)}/FAILED" in str(err.value)
+    assert booted == [(C, "rollback")]
+    marker = Path(host.release_dir(C)) / history.FAILED
+    assert "rollback: smoke check or gate failed" in marker.read_text()
+    assert Path(host.release_dir(C)).is_dir()  # kept on disk to inspect; current untouched
+    assert not (Path(host.release_dir(E)) / history.FAILED).exists()
+
+    st = release.state(c, host)
+    assert st.failed == {C} and st.current == E
+    with pytest.raises(DeployError, match=f"cannot roll back to {C}: it failed its checks"):
+        history.choose(st, C)
+    assert rollback.rollback(c, host, boot_one=lambda cc, h, rid, kind: booted.append(rid)) == A
+    assert booted[-1] == A  # the next plain rollback skips the failed one
+
+
+def test_a_host_problem_during_a_rollback_marks_nothing(ssh_site):
+    c, host = ssh_site
+
+    def sudo_refused(cc, h, rid, kind):
+        raise DeployError(f"{h.name}: re-derive the include from the live record failed: sudo")
+
+    with pytest.raises(DeployError, match="re-derive") as err:
+        rollback.rollback(c, host, boot_one=sudo_refused)
+    assert "marked" not in str(err.value)
+    assert release.state(c, host).failed == frozenset()
+    assert rollback.rollback(c, host, boot_one=lambda cc, h, rid, kind: rid) == C
