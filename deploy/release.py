@@ -25,6 +25,8 @@ from deploy.remote import say
 from deploy.switch import release_of
 from deploy.switch import target_of
 
+REVISION = "REVISION"  # in a release dir: the full git sha it was built from (`fab status`)
+
 
 @dataclass(frozen=True)
 class Artifact:
@@ -89,7 +91,9 @@ def build(ref: str = "HEAD", allow_dirty: bool = False, repo: Path = REPO, out: 
 def install(c: Connection, host: Host, art: Artifact, rid: str) -> str:
     """Make releases/<rid>/ a venv over the base env with only the wheel installed; import it.
 
-    Nothing running is touched. A failed install removes the half-made directory.
+    Besides the venv the directory holds only what something reads: REVISION (`fab status`)
+    and the COMPLETE marker (rollback). The id is the directory's name (the service reads it
+    from its path). Nothing running is touched. A failed install removes the half-made directory.
     """
     rel = host.release_dir(rid)
     run(c, ["mkdir", "-p", host.releases_dir, f"{host.app_root}/colors", host.staging_dir])
@@ -103,9 +107,8 @@ def install(c: Connection, host: Host, art: Artifact, rid: str) -> str:
         remote_wheel = f"{rel}/dist/{art.wheel.name}"
         c.put(str(art.wheel), remote=remote_wheel)
         run(c, commands.pip_install_wheel(rel_python, remote_wheel), timeout=300)
-        run(c, commands.write_file(f"{rel}/RELEASE", rid + "\n"))
-        run(c, commands.write_file(f"{rel}/REVISION", art.sha + "\n"))
-        run(c, commands.write_file(f"{rel}/release.env", commands.release_env(rid)))
+        run(c, ["rm", "-rf", "--", f"{rel}/dist"])  # installed: the wheel is not read again
+        run(c, commands.write_file(f"{rel}/{REVISION}", art.sha + "\n"))
         run(c, commands.import_check(rel_python), timeout=180)
         run(
             c, commands.write_file(f"{rel}/{history.COMPLETE}", "install and import check passed\n")
@@ -121,9 +124,21 @@ def discard(c: Connection, host: Host, rel: str) -> None:
 
     The marker comes first, so a removal cut short still leaves a refused release.
     """
-    if release_of(rel) != current_id(c, host):
-        probe(c, commands.write_file(f"{rel}/{history.FAILED}", "smoke check or gate failed\n"))
+    if mark_failed(c, host, release_of(rel), "deploy: smoke check or gate failed"):
         probe(c, ["rm", "-rf", "--", rel], timeout=120)
+
+
+def mark_failed(c: Connection, host: Host, rid: str, why: str) -> bool:
+    """Write <rid>/FAILED (never on the current release); False when it was not written.
+
+    A FAILED release is never chosen by `fab rollback`, nor accepted by `--to`.
+    """
+    rel = host.release_dir(rid)
+    if not commands.is_release_id(rid) or rid == current_id(c, host):
+        return False
+    write = commands.write_file(f"{rel}/{history.FAILED}", why + "\n")
+    ok, _ = probe(c, f"test -d {shlex.quote(rel)} && {write}")
+    return ok
 
 
 def current_id(c: Connection, host: Host) -> str:
