@@ -153,11 +153,6 @@ def write_file(path: str, content: str) -> str:
     return f"printf %s {shlex.quote(content)} > {shlex.quote(path)}"
 
 
-def release_env(rid: str) -> str:
-    """The EnvironmentFile content that tells the service its release id."""
-    return f"DETECTOR_RELEASE={rid}\n"
-
-
 def curl_unix(socket: str, path: str, seconds: int, upload: str | None = None) -> list[str]:
     """An HTTP request to one color's gunicorn socket; prints the body, a newline and the status."""
     argv = [CURL, "--silent", "--show-error", "--max-time", str(int(seconds))]
