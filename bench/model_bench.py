@@ -1,40 +1,41 @@
-"""Model benchmark: this project's engines vs OpenCV DNN and unfused torch, one process per row."""
+"""Model benchmark: this project's engines vs OpenCV DNN and OpenVINO used directly, interleaved.
+
+Every row is its own process (so its peak RSS is its own), loaded one after the other; then the
+rows of a model take turns, one end-to-end run each per round, so machine noise hits them alike.
+"""
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
-import statistics
+import select
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-# Before anything imports torch (this module's rows, random_weights, the header): detector.model
-# sets OMP_WAIT_POLICY=PASSIVE, which libgomp reads only once, when torch loads.
+# Before anything imports torch (the rows, random weights, the header): detector.model sets
+# OMP_WAIT_POLICY=PASSIVE, which libgomp reads only once, when torch loads.
 from detector.model import openmp
+
+from bench import pipelines
+from bench.report import render
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "service" / "detector" / "data"
+QUICK_ENV = "BENCH_QUICK"  # set to 1: fewer rounds, no 12 MP runs, no unfused port
 FLAGS_SHOWN = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+BF16_FLAGS = {"amx_bf16", "avx512_bf16"}
 MODELS = {  # label -> (cfg, input size, weights: "real" from weights/ or "random")
     "yolov3-tiny-416": ("yolov3-tiny.cfg", 416, "real"),
     "yolov3-416": ("yolov3.cfg", 416, "random"),
     "yolov3-608": ("yolov3.cfg", 608, "random"),
 }
-ROWS = ("torch-fp32", "torch-bf16", "opencv", "auto", "opencv-dnn-direct", "torch-unfused")
-ROW_LABELS = {
-    "torch-fp32": "detector torch fp32 (BN folded, channels_last)",
-    "torch-bf16": "detector torch bf16 convs",
-    "opencv": "detector opencv engine",
-    "auto": "detector auto",
-    "opencv-dnn-direct": "OpenCV DNN directly (cv2 decode + blob + NMSBoxes)",
-    "torch-unfused": "torch fp32 unfused (BN layers, NCHW, full decode)",
-}
+LOAD_TIMEOUT_S = 900  # NNCF quantization of yolov3-608 on 2 busy cores included
+RUN_TIMEOUT_S = 120
 
 
 def cpu_model() -> str:
@@ -59,6 +60,28 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def default_rows(flags: set[str], engines, precisions, quick: bool) -> list[str]:
+    """Rows for this CPU: each engine and precision of ours, auto, then the peers.
+
+    bf16 rows only where the CPU computes bf16 natively (emulated bf16 is many times slower and
+    OpenVINO ignores the hint there); ours through the engines and precisions load_detector has.
+    """
+    bf16 = bool(BF16_FLAGS & flags)
+    wanted = [p for p in ("fp32", "bf16", "int8") if p in precisions and (bf16 or p != "bf16")]
+    rows = []
+    for engine in ("openvino", "torch"):  # openvino first: its rows build the cache auto reuses
+        if engine in engines:
+            allowed = wanted if engine == "openvino" else [p for p in wanted if p != "int8"]
+            rows += [f"{engine}-{p}" for p in allowed]
+    if "opencv" in engines:
+        rows.append("opencv-fp32")
+    rows += ["auto", "opencv-dnn-direct"]
+    rows += [f"ov-direct-{p}" for p in ("fp32", "bf16", "int8") if bf16 or p != "bf16"]
+    if not quick:
+        rows.append("torch-unfused")
+    return rows
+
+
 def make_jpegs(folder: Path) -> dict[str, Path]:
     """Write a 12 MP and a 1 MP JPEG of one photo (scikit-image's coffee, plus sensor noise)."""
     import numpy as np
@@ -68,150 +91,12 @@ def make_jpegs(folder: Path) -> dict[str, Path]:
     rng = np.random.default_rng(0)
     photo = Image.fromarray(data.coffee())
     paths = {}
-    for label, size in (("1MP", (1155, 866)), ("12MP", (4000, 3000))):
+    for key, size in (("1MP", (1155, 866)), ("12MP", (4000, 3000))):
         big = np.asarray(photo.resize(size, Image.Resampling.BICUBIC), dtype=np.float32)
         noisy = np.clip(big + rng.normal(0, 3, big.shape), 0, 255).astype(np.uint8)
-        paths[label] = folder / f"photo-{label}.jpg"
-        Image.fromarray(noisy).save(paths[label], quality=90)
+        paths[key] = folder / f"photo-{key}.jpg"
+        Image.fromarray(noisy).save(paths[key], quality=90)
     return paths
-
-
-def random_weights(cfg_path: Path, out: Path) -> None:
-    """Write seeded random weights of realistic scale whose heads predict (almost) nothing."""
-    import torch
-    from detector.model.cfg import parse_cfg
-    from detector.model.darknet import Darknet
-    from detector.model.weights import write_weights
-
-    torch.manual_seed(0)
-    model = Darknet(parse_cfg(cfg_path))
-    with torch.no_grad():
-        for block in model.conv_blocks():
-            weight = block.conv.weight
-            fan_in = weight[0].numel()
-            weight.normal_(0.0, (2.0 / fan_in) ** 0.5)
-            if block.bn is None:  # a head: tiny weights, objectness bias far below threshold
-                weight.mul_(0.01)
-                block.conv.bias.fill_(-6.0)
-            else:
-                block.bn.weight.uniform_(0.5, 1.0)
-                block.bn.bias.normal_(0.0, 0.1)
-                block.bn.running_mean.normal_(0.0, 0.1)
-                block.bn.running_var.uniform_(1.0, 4.0)
-    write_weights(model, out)
-
-
-def _median_ms(times: list[float]) -> float:
-    return round(statistics.median(times) * 1000, 1)
-
-
-# ---------------------------------------------------------------- worker side (one per row)
-
-
-def _project_pipeline(spec: dict, row: str):
-    """Load this project's detector; return (run(jpeg) -> forward seconds, engine label)."""
-    from detector import imaging
-    from detector.model import load_detector
-
-    engine, precision = {
-        "torch-fp32": ("torch", "fp32"),
-        "torch-bf16": ("torch", "bf16"),
-        "opencv": ("opencv", "fp32"),
-        "auto": ("auto", "auto"),
-    }[row]
-    det = load_detector(
-        spec["cfg"],
-        spec["weights"],
-        spec["names"],
-        engine=engine,
-        precision=precision,
-        size=spec["size"],
-        threads=spec["threads"],
-        name=spec["model"],
-    )
-
-    def run(data: bytes) -> float:
-        decoded = imaging.decode_image(data, max_pixels=200_000_000, target=det.input_size)
-        det.detect(decoded.image, original_size=decoded.size)
-        return det.last_timing["inference"] / 1000
-
-    label = f"{det.engine}-{det.precision}" if det.engine == "torch" else det.engine
-    return run, label, det.engine_reason
-
-
-def _unfused_pipeline(spec: dict):
-    """A straightforward torch port: full decode, BN as separate layers, NCHW fp32, no_grad."""
-    import torch
-    from detector.model.cfg import parse_cfg
-    from detector.model.darknet import Darknet
-    from detector.model.postprocess import HeadSpec
-    from detector.model.postprocess import decode
-    from detector.model.postprocess import postprocess
-    from detector.model.preprocess import letterbox
-    from detector.model.weights import load_weights
-    from PIL import Image
-    from PIL import ImageOps
-
-    torch.set_num_threads(spec["threads"])
-    cfg = parse_cfg(spec["cfg"])
-    model = Darknet(cfg).eval()
-    load_weights(model, spec["weights"])
-    heads = [HeadSpec(cfg.layers[i].anchors, cfg.layers[i].classes) for i in cfg.yolo_indices]
-    size = spec["size"]
-
-    def run(data: bytes) -> float:
-        image = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
-        x, box = letterbox(image, size, size)
-        x = x.contiguous()  # plain NCHW
-        start = time.perf_counter()
-        with torch.no_grad():
-            maps = model(x)
-        forward = time.perf_counter() - start
-        postprocess(decode(maps, heads, size, size), box, 0.25, 0.45)
-        return forward
-
-    return run
-
-
-def _opencv_pipeline(spec: dict):
-    """OpenCV DNN as its tutorials use it: imdecode, letterbox, blobFromImage, NMSBoxesBatched."""
-    import cv2
-    import numpy as np
-
-    cv2.setNumThreads(spec["threads"])
-    net = cv2.dnn.readNetFromDarknet(spec["cfg"], spec["weights"])
-    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-    net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-    outputs = net.getUnconnectedOutLayersNames()
-    size = spec["size"]
-
-    def run(data: bytes) -> float:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        h, w = image.shape[:2]
-        scale = min(size / w, size / h)
-        nw, nh = int(w * scale), int(h * scale)
-        dx, dy = (size - nw) // 2, (size - nh) // 2
-        canvas = np.full((size, size, 3), 127, np.uint8)
-        canvas[dy : dy + nh, dx : dx + nw] = cv2.resize(image, (nw, nh))
-        blob = cv2.dnn.blobFromImage(canvas, 1 / 255.0, (size, size), swapRB=True, crop=False)
-        start = time.perf_counter()
-        net.setInput(blob)
-        rows = np.concatenate(net.forward(outputs))
-        forward = time.perf_counter() - start
-        scores = rows[:, 5:]
-        classes = scores.argmax(1)
-        best = scores[np.arange(len(rows)), classes]
-        keep = best > 0.25
-        xywh = rows[keep, :4] * size
-        xywh[:, 0] = (xywh[:, 0] - xywh[:, 2] / 2 - dx) / scale
-        xywh[:, 1] = (xywh[:, 1] - xywh[:, 3] / 2 - dy) / scale
-        xywh[:, 2:] /= scale
-        cv2.dnn.NMSBoxesBatched(
-            xywh.tolist(), best[keep].tolist(), classes[keep].tolist(), 0.25, 0.45
-        )
-        return forward
-
-    return run
 
 
 def peak_rss_mb() -> int:
@@ -224,126 +109,176 @@ def peak_rss_mb() -> int:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def worker(spec: dict) -> dict:
-    """Load one row's pipeline, warm up, time it on both JPEGs, report medians and peak RSS."""
+# ---------------------------------------------------------------- worker side (one per row)
+
+
+def worker(spec: dict) -> None:
+    """Load one row, warm up, then answer commands on stdin: "1MP"/"12MP" (one run) or "end"."""
+    proto = os.fdopen(os.dup(1), "w")  # the protocol's own stdout; libraries' prints go to stderr
+    os.dup2(2, 1)
     if openmp.TORCH_LOADED_FIRST:
         raise RuntimeError("torch was imported before detector.model: OMP_WAIT_POLICY not set")
     started = time.perf_counter()
-    reason = ""
-    row = spec["row"]
-    if row == "opencv-dnn-direct":
-        run, label = _opencv_pipeline(spec), "opencv-dnn"
-    elif row == "torch-unfused":
-        run, label = _unfused_pipeline(spec), "torch-unfused"
-    else:
-        run, label, reason = _project_pipeline(spec, row)
+    run, engine, reason = pipelines.build(spec)
     load_s = time.perf_counter() - started
     images = {k: Path(v).read_bytes() for k, v in spec["images"].items()}
-    result = {"row": row, "model": spec["label"], "engine": label, "reason": reason}
-    result["load_s"] = round(load_s, 2)
     for _ in range(spec["warmup"]):
         run(images["1MP"])
-    forward = []
-    for key, runs in (("1MP", spec["runs"]), ("12MP", spec["runs_12mp"])):
-        wall, cpu = [], []
-        for _ in range(runs):
-            start, start_cpu = time.perf_counter(), time.process_time()
-            forward.append(run(images[key]))
-            cpu.append(time.process_time() - start_cpu)
-            wall.append(time.perf_counter() - start)
-        result[f"e2e_{key}_ms"] = _median_ms(wall)
-        result[f"cpu_{key}_ms"] = _median_ms(cpu)
-    result["forward_ms"] = _median_ms(forward)
-    result["peak_rss_mb"] = peak_rss_mb()
-    return result
+    ready = {"engine": engine, "reason": reason, "load_s": round(load_s, 2)}
+    proto.write(json.dumps(ready) + "\n")
+    proto.flush()
+    for command in sys.stdin:
+        key = command.strip()
+        if key == "end":
+            break
+        start, start_cpu = time.perf_counter(), time.process_time()
+        forward = run(images[key])
+        cpu = time.process_time() - start_cpu
+        reply = {"wall": time.perf_counter() - start, "cpu": cpu, "forward": forward}
+        proto.write(json.dumps(reply) + "\n")
+        proto.flush()
+    proto.write(json.dumps({"peak_rss_mb": peak_rss_mb()}) + "\n")
+    proto.flush()
 
 
 # ---------------------------------------------------------------- parent side
 
 
-def _run_worker(spec: dict, timeout: float) -> dict:
-    """Run one row in a fresh interpreter (so its peak RSS is its own) and parse its JSON."""
-    cmd = [sys.executable, "-m", "bench.model_bench", "--worker", json.dumps(spec)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout, check=False
-    )
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"row": spec["row"], "model": spec["label"], "error": tail}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+class Row:
+    """One row's worker process and the samples it returned."""
 
-
-def render(results: list[dict], header: list[str]) -> str:
-    """Return the markdown report: header lines, then one table."""
-    lines = [f"- {line}" for line in header] + [""]
-    lines.append(
-        "| model | implementation | engine | load s | forward ms | 1 MP e2e ms | 1 MP e2e CPU ms "
-        "| 12 MP e2e CPU ms | 12 MP − 1 MP CPU ms | CPU vs OpenCV DNN | peak RSS MB |"
-    )
-    lines.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    base = {r["model"]: r.get("cpu_1MP_ms") for r in results if r["row"] == "opencv-dnn-direct"}
-    for r in results:
-        label = ROW_LABELS[r["row"]]
-        if "error" in r:
-            lines.append(f"| {r['model']} | {label} | failed: {r['error'][:80]} |||||||||")
-            continue
-        cpu = r["cpu_1MP_ms"]
-        ratio = f"{cpu / base[r['model']]:.2f}×" if base.get(r["model"]) else "–"
-        extra = round(r["cpu_12MP_ms"] - cpu, 1)
-        lines.append(
-            f"| {r['model']} | {label} | {r['engine']} | {r['load_s']:g} | {r['forward_ms']:g} "
-            f"| {r['e2e_1MP_ms']:g} | {cpu:g} | {r['cpu_12MP_ms']:g} | {extra:+g} | {ratio} "
-            f"| {r['peak_rss_mb']} |"
+    def __init__(self, spec: dict, log) -> None:
+        self.spec = spec
+        self.result: dict = {"row": spec["row"], "model": spec["label"]}
+        self.samples: dict[str, list[dict]] = {"1MP": [], "12MP": []}
+        cmd = [sys.executable, "-m", "bench.model_bench", "--worker", json.dumps(spec)]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.process = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            bufsize=0,  # unbuffered: select() sees every line the worker writes
         )
-    autos = [r for r in results if r["row"] == "auto" and r.get("reason")]
-    if autos:
-        lines.append("")
-        lines.extend(f"- {r['model']}: {r['reason']}" for r in autos)
-    return "\n".join(lines) + "\n"
+        self.log = log
+
+    def _reply(self, timeout: float) -> dict:
+        """Read one JSON line from the worker, failing after `timeout` seconds."""
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        line = self.process.stdout.readline() if ready else b""
+        if not line:
+            self.stop()
+            raise RuntimeError(f"no answer (exit {self.process.returncode}); see {self.log.name}")
+        return json.loads(line)
+
+    def wait_ready(self) -> None:
+        """Wait until the row is loaded and warm; record its load time, engine and reason."""
+        try:
+            self.result.update(self._reply(LOAD_TIMEOUT_S))
+        except (RuntimeError, json.JSONDecodeError) as exc:
+            self.result["error"] = str(exc)
+
+    def run(self, key: str) -> None:
+        """Time one end-to-end run on the `key` photo."""
+        if "error" in self.result:
+            return
+        try:
+            self.process.stdin.write(f"{key}\n".encode())
+            self.process.stdin.flush()
+            self.samples[key].append(self._reply(RUN_TIMEOUT_S))
+        except (OSError, RuntimeError, json.JSONDecodeError) as exc:
+            self.result["error"] = str(exc)
+
+    def finish(self) -> dict:
+        """End the worker, record its peak RSS and return the row's result with its samples."""
+        if "error" not in self.result:
+            try:
+                self.process.stdin.write(b"end\n")
+                self.process.stdin.flush()
+                self.result.update(self._reply(RUN_TIMEOUT_S))
+            except (OSError, RuntimeError, json.JSONDecodeError) as exc:
+                self.result["error"] = str(exc)
+        self.stop()
+        self.result["samples"] = self.samples
+        return self.result
+
+    def stop(self) -> None:
+        """Stop the worker by PID (it is our child)."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        for pipe in (self.process.stdin, self.process.stdout):
+            if not pipe.closed:
+                pipe.close()
+
+
+def bench_model(specs: list[dict], rounds: int, rounds_12mp: int, log) -> list[dict]:
+    """Load every row of one model in turn, then interleave their timed runs round by round."""
+    rows = []
+    for spec in specs:
+        print(f"bench: {spec['label']} {spec['row']} loading ...", file=sys.stderr, flush=True)
+        if spec["row"].startswith("openvino"):  # the cache is built at provision: build it first
+            prepare = Row({**spec, "warmup": 0}, log)
+            prepare.wait_ready()
+            prepare.finish()
+        row = Row(spec, log)
+        row.wait_ready()
+        rows.append(row)
+    for key, count in (("1MP", rounds), ("12MP", rounds_12mp)):
+        for index in range(count):
+            shift = index % len(rows)  # each row takes each position in turn
+            for row in rows[shift:] + rows[:shift]:
+                row.run(key)
+    return [row.finish() for row in rows]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Options of the model benchmark."""
+    quick = os.environ.get(QUICK_ENV) == "1"
+    parser = argparse.ArgumentParser(prog="python -m bench.model_bench", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3 if quick else 7, help="1 MP rounds")
+    parser.add_argument("--rounds-12mp", type=int, default=0 if quick else 2, help="12 MP rounds")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs per row after load")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="threads per row (all cores)"
+    )
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
+    parser.add_argument("--rows", default="", help="comma-separated subset (default: all)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> str:
     """Run the model benchmark and return its markdown report."""
-    parser = argparse.ArgumentParser(prog="python -m bench.model_bench")
-    parser.add_argument("--runs", type=int, default=20, help="timed 1 MP runs (default 20)")
-    parser.add_argument("--runs-12mp", type=int, default=5, help="timed 12 MP runs (default 5)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="threads per process (default 1: one worker per core, as the service runs)",
-    )
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
-    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
+        worker(json.loads(args.worker))
         return ""
-    flags = cpu_flags()
-    rows = [r for r in args.rows.split(",") if r]
-    if "torch-bf16" in rows and not ({"amx_bf16", "avx512_bf16"} & flags):
-        rows.remove("torch-bf16")  # emulated bf16 is many times slower: not a real option
     import cv2
+    import openvino
     import torch
+    from detector.model import loader
+    from detector.model.random_weights import write_random_weights
 
+    flags = cpu_flags()
+    quick = os.environ.get(QUICK_ENV) == "1"
+    rows = [r for r in args.rows.split(",") if r] or default_rows(
+        flags, loader.ENGINES, loader.PRECISIONS, quick
+    )
     header = [
         f"CPU: {cpu_model()}, {os.cpu_count()} logical cores; flags: "
         + (", ".join(f for f in FLAGS_SHOWN if f in flags) or "none of " + ", ".join(FLAGS_SHOWN)),
-        f"torch {torch.__version__}, OpenCV {cv2.__version__}, {args.threads} threads, "
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
-        f"median of {args.runs} runs (1 MP) and {args.runs_12mp} (12 MP) after {args.warmup} "
-        "warm-up; load average at start " + " ".join(f"{v:.1f}" for v in os.getloadavg()),
-        "e2e = JPEG bytes → decode (JPEG draft for this project) → letterbox → forward → "
-        "decode + NMS, as wall time and as process CPU time (with 1 thread the CPU time is what "
-        "the work costs even when other jobs share the cores; ratios use it); "
-        "photo: scikit-image coffee at 1155x866 (1 MP) and 4000x3000 (12 MP); "
-        "yolov3 uses seeded random weights (timing only).",
+        f"torch {torch.__version__}, OpenCV {cv2.__version__}, OpenVINO {openvino.get_version()}; "
+        f"{args.threads} threads per row; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
+        f"{args.rounds} interleaved rounds (1 MP) and {args.rounds_12mp} (12 MP) after "
+        f"{args.warmup} warm-up runs; load average at start "
+        + " ".join(f"{v:.1f}" for v in os.getloadavg()),
     ]
     results = []
-    with tempfile.TemporaryDirectory(prefix="detector-bench-") as tmp:
+    log_file = tempfile.NamedTemporaryFile("w", prefix="model-bench-", suffix=".log", delete=False)
+    with tempfile.TemporaryDirectory(prefix="detector-bench-") as tmp, log_file as log:
         images = {k: str(v) for k, v in make_jpegs(Path(tmp)).items()}
         for label in [m for m in args.models.split(",") if m]:
             cfg_name, size, source = MODELS[label]
@@ -355,24 +290,20 @@ def main(argv: list[str] | None = None) -> str:
             else:
                 weights = Path(tmp) / f"{cfg.stem}-random.weights"
                 if not weights.exists():
-                    random_weights(cfg, weights)
-            for row in rows:
-                spec = {
-                    "label": label,
-                    "model": cfg.stem,
-                    "row": row,
-                    "cfg": str(cfg),
-                    "weights": str(weights),
-                    "names": str(DATA / "coco.names"),
-                    "size": size,
-                    "threads": args.threads,
-                    "runs": args.runs,
-                    "runs_12mp": args.runs_12mp,
-                    "warmup": args.warmup,
-                    "images": images,
-                }
-                print(f"bench: {label} {row} ...", file=sys.stderr, flush=True)
-                results.append(_run_worker(spec, timeout=1800))
+                    write_random_weights(cfg, weights)
+            common = {
+                "label": label,
+                "model": cfg.stem,
+                "cfg": str(cfg),
+                "weights": str(weights),
+                "names": str(DATA / "coco.names"),
+                "size": size,
+                "threads": args.threads,
+                "warmup": args.warmup,
+                "images": images,
+            }
+            specs = [{**common, "row": row} for row in rows]
+            results += bench_model(specs, args.rounds, args.rounds_12mp, log)
     return render(results, header)
 
 

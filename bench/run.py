@@ -1,4 +1,4 @@
-"""`make bench`: the model table (and the serving table when bench.serving_bench exists)."""
+"""`make bench`: the model table, then the serving table; BENCH_QUICK=1 for a shorter run."""
 
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
-"""Serving benchmark: a bounded load test of `detector serve` on 127.0.0.1, two worker layouts.
+"""Serving benchmark: a bounded load test of `detector serve` on 127.0.0.1, per model and layout.
 
-Each layout gets its own server on a free loopback port (stopped by PID), a short warm-up, then
-`--concurrency` clients posting the same photo to /api/v1/detect for `--duration` seconds.
-Reports requests/s, latency percentiles, errors and the RSS of every worker.
+Each (model, layout) gets its own server on a free loopback port (stopped by PID), a short
+warm-up, then `--repeats` windows of `--concurrency` clients posting the same photo to
+/api/v1/detect for `--duration` seconds each. Reports requests/s and latency percentiles as the
+median and the spread (min-max) of the windows, errors, the engine the server chose (/version)
+and the peak RSS of every worker. yolov3 runs on seeded random weights (timing only).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,9 +24,12 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "service" / "detector" / "data"
 DOG = ROOT.parent / "shared" / "testdata" / "dog.jpg"
-LAYOUTS = "1x2,2x1"  # workers x threads per worker
+LAYOUTS = "2x1"  # workers x threads per worker
+MODELS = "yolov3-tiny,yolov3"
 DURATION_ENV = "BENCH_SERVING_SECONDS"
+QUICK_ENV = "BENCH_QUICK"  # set to 1: shorter windows, 2 repeats
 
 
 def photo() -> tuple[str, bytes]:
@@ -47,11 +53,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(workers: int, threads: int, model: str, log) -> tuple[subprocess.Popen, str]:
+def model_env(model: str, folder: Path) -> dict[str, str]:
+    """DETECTOR_* settings serving `model`: its weights in weights/, else seeded random ones."""
+    if (ROOT / "weights" / f"{model}.weights").is_file():
+        return {"DETECTOR_MODEL": model, "DETECTOR_WEIGHTS_DIR": str(ROOT / "weights")}
+    from detector.model.random_weights import write_random_weights
+
+    weights = folder / f"{model}.weights"  # a weights dir of its own: the engine caches beside it
+    if not weights.exists():
+        write_random_weights(DATA / f"{model}.cfg", weights)
+    return {
+        "DETECTOR_CFG": str(DATA / f"{model}.cfg"),
+        "DETECTOR_WEIGHTS": str(weights),
+        "DETECTOR_NAMES": str(DATA / "coco.names"),
+    }
+
+
+def start_server(
+    workers: int, threads: int, settings: dict[str, str], log
+) -> tuple[subprocess.Popen, str]:
     """Start `detector serve` on a free loopback port and wait for /readyz."""
     url = f"http://127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DETECTOR_")}
-    env.update(DETECTOR_MODEL=model, DETECTOR_WEIGHTS_DIR=str(ROOT / "weights"))
+    env.update(settings)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     command = [
         str(Path(sys.executable).parent / "detector"),
@@ -66,7 +90,7 @@ def start_server(workers: int, threads: int, model: str, log) -> tuple[subproces
     process = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # a first start may build the OpenVINO cache
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"detector serve exited with {process.returncode}; see {log.name}")
@@ -78,7 +102,7 @@ def start_server(workers: int, threads: int, model: str, log) -> tuple[subproces
             pass
         time.sleep(0.3)
     stop_server(process)
-    raise RuntimeError(f"detector serve not ready on {url} within 120 s")
+    raise RuntimeError(f"detector serve not ready on {url} within 600 s; see {log.name}")
 
 
 def stop_server(process: subprocess.Popen) -> None:
@@ -145,67 +169,114 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index] * 1000
 
 
-def run_layout(workers: int, threads: int, args, name: str, data: bytes, log) -> dict:
-    """Benchmark one worker layout on its own server."""
-    process, url = start_server(workers, threads, args.model, log)
+def window_figures(window: dict) -> dict:
+    """req/s, p50 and p99 (ms) and the error count of one load window."""
+    lat = window["latencies"]
+    return {
+        "rps": len(lat) / window["wall"],
+        "p50": percentile(lat, 0.50),
+        "p99": percentile(lat, 0.99),
+        "errors": len(window["errors"]),
+        "requests": len(lat),
+    }
+
+
+def run_layout(model: str, layout: str, args, name: str, data: bytes, folder: Path, log) -> dict:
+    """Benchmark one model and worker layout on its own server: warm-up, then the windows."""
+    workers, threads = (int(n) for n in layout.split("x"))
+    settings = model_env(model, folder)
+    if args.engine:
+        settings["DETECTOR_ENGINE"] = args.engine
+    process, url = start_server(workers, threads, settings, log)
     try:
-        load(url, name, data, args.concurrency, min(5.0, args.duration / 4))  # warm-up
-        result = load(url, name, data, args.concurrency, args.duration)
-        result["memory"] = worker_memory_mb(process.pid)
+        engine = httpx.get(url + "/version", timeout=10).json().get("engine", "?")
+        load(url, name, data, args.concurrency, min(5.0, args.duration / 2))  # warm-up
+        windows = [
+            window_figures(load(url, name, data, args.concurrency, args.duration))
+            for _ in range(args.repeats)
+        ]
+        memory = worker_memory_mb(process.pid)
     finally:
         stop_server(process)
-    result["layout"] = f"{workers} worker x {threads} thread" + ("s" if threads > 1 else "")
-    return result
+    plural = "s" if threads > 1 else ""
+    return {
+        "model": model,
+        "layout": f"{workers} worker{'s' if workers > 1 else ''} x {threads} thread{plural}",
+        "engine": engine,
+        "windows": windows,
+        "memory": memory,
+    }
+
+
+def spread(values: list[float], digits: int = 0) -> str:
+    """Median and (min-max) of the values, e.g. "33.1 (31.0-35.2)"."""
+    low, mid, high = min(values), statistics.median(values), max(values)
+    return f"{mid:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
 
 
 def table(results: list[dict], args, name: str) -> str:
     """Format the results as a markdown table."""
     lines = [
-        f"`detector serve` with {args.model}, {args.concurrency} concurrent clients posting "
-        f"{name} to /api/v1/detect for {args.duration:.0f} s each, {os.cpu_count()} CPUs.",
+        f"`detector serve`, {args.concurrency} concurrent clients posting {name} to "
+        f"/api/v1/detect, {args.repeats} windows of {args.duration:.0f} s per row after a "
+        f"warm-up, {os.cpu_count()} CPUs; median (min-max) over the windows; engine as the "
+        "server's /version reports it (config engine "
+        f"{args.engine or 'auto'}); load average at start "
+        + " ".join(f"{v:.1f}" for v in os.getloadavg())
+        + ".",
         "",
-        "| layout | requests | req/s | p50 ms | p95 ms | p99 ms | errors | worker RSS MB (peak) |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| model | layout | engine | requests | req/s | p50 ms | p99 ms | p99 / p50 | errors "
+        "| worker RSS MB (peak) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
-        lat = r["latencies"]
+        w = r["windows"]
         memory = ", ".join(f"{rss:.0f} ({peak:.0f})" for rss, peak in r["memory"])
+        ratios = [x["p99"] / x["p50"] for x in w if x["p50"] == x["p50"] and x["p50"] > 0]
         lines.append(
-            f"| {r['layout']} | {len(lat)} | {len(lat) / r['wall']:.1f} | "
-            f"{percentile(lat, 0.50):.0f} | {percentile(lat, 0.95):.0f} | "
-            f"{percentile(lat, 0.99):.0f} | {len(r['errors'])} | {memory} |"
+            f"| {r['model']} | {r['layout']} | {r['engine']} | "
+            f"{sum(x['requests'] for x in w)} | {spread([x['rps'] for x in w], 1)} | "
+            f"{spread([x['p50'] for x in w])} | {spread([x['p99'] for x in w])} | "
+            f"{spread(ratios, 1) if ratios else '–'} | {sum(x['errors'] for x in w)} | {memory} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Options of the serving benchmark."""
+    quick = os.environ.get(QUICK_ENV) == "1"
     parser = argparse.ArgumentParser(prog="python -m bench.serving_bench", description=__doc__)
     parser.add_argument(
         "--duration",
         type=float,
-        default=float(os.environ.get(DURATION_ENV, "60")),
-        help=f"seconds per layout (default 60, or ${DURATION_ENV})",
+        default=float(os.environ.get(DURATION_ENV, "8" if quick else "20")),
+        help=f"seconds per window (default 20, 8 with {QUICK_ENV}=1, or ${DURATION_ENV})",
     )
+    parser.add_argument("--repeats", type=int, default=2 if quick else 3, help="windows per row")
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--model", default="yolov3-tiny")
+    parser.add_argument("--models", default=MODELS, help=f"comma-separated ({MODELS})")
     parser.add_argument("--layouts", default=LAYOUTS, help=f"WORKERSxTHREADS,... ({LAYOUTS})")
+    parser.add_argument("--engine", default="", help="pin the engine (default: the config's auto)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> str:
-    """Run both layouts, print the markdown table and return it."""
+    """Run every model and layout, print the markdown table and return it."""
     args = build_parser().parse_args([] if argv is None else argv)
     if not 1 <= args.duration <= 600 or not 1 <= args.concurrency <= 64:
         raise SystemExit("duration must be 1..600 s and concurrency 1..64 (bounded load only)")
+    if not 1 <= args.repeats <= 10:
+        raise SystemExit(f"repeats must be 1..10, got {args.repeats}")
     name, data = photo()
     results = []
-    with tempfile.NamedTemporaryFile(
+    log_file = tempfile.NamedTemporaryFile(
         "w", prefix="serving-bench-", suffix=".log", delete=False
-    ) as log:
-        for layout in args.layouts.split(","):
-            workers, threads = (int(n) for n in layout.split("x"))
-            results.append(run_layout(workers, threads, args, name, data, log))
+    )
+    with tempfile.TemporaryDirectory(prefix="serving-bench-") as folder, log_file as log:
+        for model in [m for m in args.models.split(",") if m]:
+            for layout in args.layouts.split(","):
+                print(f"bench: serving {model} {layout} ...", file=sys.stderr, flush=True)
+                results.append(run_layout(model, layout, args, name, data, Path(folder), log))
     report = table(results, args, name)
     print(report, flush=True)
     return report
