@@ -50,6 +50,8 @@ class Config:
     worker_threads: int = 0  # request threads per worker; 0 = sized with workers
     backend_url: str = ""  # where the upload page POSTs; empty = the page's own origin
     request_deadline_s: float = 30.0  # decode + inference per request; later = 503
+    # a detection still running after this recycles its worker (watchdog); 0 = 2 x the deadline
+    detection_limit_s: float = 0.0
     # memory one worker's image decodes may use at once; more = 422 (default: the sizing rule's)
     decode_memory_mb: int = sizing.DECODE_MEMORY_MB
     max_inflight: int = 0  # detections admitted at once per service (all workers); 0 = 2 per worker
@@ -92,6 +94,11 @@ class Config:
             )
         if self.max_requests < 0 or self.max_requests_jitter < 0:
             raise ConfigError("max_requests and max_requests_jitter must be 0 (off) or positive")
+        if self.detection_limit_s < 0:
+            raise ConfigError(
+                f"detection_limit_s must be 0 (2 x request_deadline_s) or positive, "
+                f"got {self.detection_limit_s}"
+            )
         if self.max_inflight < 0:
             raise ConfigError(f"max_inflight must be 0 (auto) or positive, got {self.max_inflight}")
         custom = [bool(self.cfg), bool(self.weights), bool(self.names)]

@@ -27,7 +27,9 @@ every worker that serves. Cost: one model load per worker start (tiny ~1 s).
 
 Timeouts: a request's decode + inference has its own deadline (config.request_deadline_s, 503
 after it; limits.Runner) since a threaded worker's `timeout` only catches a hung worker loop;
-`timeout` (config worker_timeout_s, 120 s) is that watchdog; `graceful_timeout` (60 s) lets
+`timeout` (config worker_timeout_s, 120 s) is that watchdog. A detection still running after
+detection_limit_s (default 2 x the deadline) makes its worker recycle itself (limits.arm_watchdog:
+logged CRITICAL, counted in detector_watchdog_recycles_total); `graceful_timeout` (60 s) lets
 in-flight requests finish on reload/stop; `max_requests` (1000 + jitter 100) recycles workers
 slowly so leaks cannot grow unbounded. One source: these come from the config, which production
 renders from the Ansible defaults (a test checks both agree), so the unit passes no flags.
@@ -156,6 +158,8 @@ def post_worker_init(worker) -> None:
         worker.log.error("worker %s cannot load the model: %s", worker.pid, exc)
         raise SystemExit(3) from exc  # gunicorn's WORKER_BOOT_ERROR: the arbiter stops
     worker.log.info("worker %s ready (warm-up %.0f ms)", worker.pid, holder.warmup_ms)
+    limit = _settings.detection_limit_s or 2 * _settings.request_deadline_s
+    limits.arm_watchdog(limit, worker.cfg.graceful_timeout, worker.log)
 
 
 def child_exit(server, worker) -> None:

@@ -1,8 +1,11 @@
-"""Per-request bounds: admission (busy = 503 now), decode memory per worker, and a deadline."""
+"""Per-request bounds: admission (busy = 503 now), decode memory, a deadline, and a watchdog."""
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import signal
 import threading
 import time
 from concurrent.futures import Future
@@ -14,9 +17,12 @@ from .errors import ApiError
 from .sizing import DETECTIONS_PER_WORKER
 
 MAX_WORKER_SLOTS = 256  # in-flight counters shared by the workers of one gunicorn master
+WATCHDOG_EXIT_CODE = 70  # a worker that had to be cut off after its graceful exit (EX_SOFTWARE)
+log = logging.getLogger(__name__)
 
 # Set in each gunicorn worker by gunicorn_conf.post_fork: the master's shared counters and this
 # worker's index in them. Without gunicorn (tests, `flask run`) each process counts alone.
+# gunicorn_conf.post_worker_init also arms this worker's watchdog (arm_watchdog).
 _shared: dict = {}
 
 
@@ -121,15 +127,111 @@ class MemoryBudget:
             self._cond.notify_all()
 
 
+class Watchdog:
+    """Call on_overrun(seconds) once when a detection has run longer than limit_s.
+
+    A thread cannot be killed, so a detection that never returns keeps its admission slot and its
+    memory for good; the only cure is a fresh process. One daemon thread sleeps until the oldest
+    running detection's bound and checks again; it fires at most once.
+    """
+
+    def __init__(self, limit_s: float, on_overrun) -> None:
+        self.limit_s = limit_s
+        self.fired = False
+        self._on_overrun = on_overrun
+        self._running: dict[int, float] = {}  # token -> monotonic start
+        self._tokens = 0
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def begin(self) -> int:
+        """Record a detection starting now; return its token for end()."""
+        with self._cond:
+            self._tokens += 1
+            self._running[self._tokens] = time.monotonic()
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._watch, name="detect-watchdog", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+            return self._tokens
+
+    def end(self, token: int) -> None:
+        """Record that the detection of `token` returned (or raised)."""
+        with self._cond:
+            self._running.pop(token, None)
+            self._cond.notify_all()
+
+    def _watch(self) -> None:
+        with self._cond:
+            while True:
+                if not self._running:
+                    self._cond.wait()
+                    continue
+                oldest = min(self._running.values())
+                left = oldest + self.limit_s - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            self.fired = True
+            overdue = time.monotonic() - oldest
+        self._on_overrun(overdue)
+
+
+def arm_watchdog(limit_s: float, graceful_s: float, logger=log) -> Watchdog:
+    """Arm this gunicorn worker's watchdog: an overrun makes the worker recycle itself.
+
+    On an overrun it logs at CRITICAL, counts detector_watchdog_recycles_total, and sends this
+    process SIGTERM: gunicorn's graceful exit (the worker stops accepting, its other requests
+    finish within graceful_s, the arbiter forks a replacement). The stuck thread would keep the
+    interpreter from exiting, so after graceful_s (+1 s) the process ends with os._exit.
+    """
+
+    def recycle(seconds: float) -> None:
+        from detector.metrics import WATCHDOG_RECYCLES  # after the fork: multiprocess values
+
+        logger.critical(
+            "watchdog: a detection has run %.2f s, past detection_limit_s=%g s; worker %d "
+            "stops taking requests and exits (others finish within %g s), gunicorn replaces it",
+            seconds,
+            limit_s,
+            os.getpid(),
+            graceful_s,
+        )
+        WATCHDOG_RECYCLES.inc()
+        cutoff = threading.Timer(graceful_s + 1.0, os._exit, (WATCHDOG_EXIT_CODE,))
+        cutoff.daemon = True
+        cutoff.start()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    dog = Watchdog(limit_s, recycle)
+    _shared["watchdog"] = dog
+    return dog
+
+
+def _watched(watchdog: Watchdog | None, job, *args):
+    """Run job(*args), known to the watchdog while it runs."""
+    if watchdog is None:
+        return job(*args)
+    token = watchdog.begin()
+    try:
+        return job(*args)
+    finally:
+        watchdog.end(token)
+
+
 class Runner:
     """Run detections off the request thread so the request can answer when its deadline passes.
 
     A detection that overruns keeps running (a thread cannot be killed) and keeps its admission
-    slot until it ends, so overruns make the service say "busy" instead of piling up work.
+    slot until it ends, so overruns make the service say "busy" instead of piling up work; one
+    that runs past the watchdog's bound makes the worker recycle itself (arm_watchdog).
     """
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, watchdog: Watchdog | None = None) -> None:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="detect")
+        self._watchdog = watchdog  # None: this worker's (arm_watchdog), if armed
 
     def run(self, gate: Gate, deadline_s: float, job, *args):
         """Admit, run job(deadline, *args) and return its result, or raise 503 after deadline_s.
@@ -141,7 +243,8 @@ class Runner:
         started = time.monotonic()
         deadline = started + deadline_s
         try:
-            future: Future = self._pool.submit(job, deadline, *args)
+            watchdog = self._watchdog or _shared.get("watchdog")
+            future: Future = self._pool.submit(_watched, watchdog, job, deadline, *args)
         except BaseException:
             gate.leave(0.0)
             raise

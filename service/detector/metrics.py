@@ -40,6 +40,10 @@ INFERENCE = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 DETECTIONS = Counter("detector_detections_total", "Objects detected, by label", ["label"])
+WATCHDOG_RECYCLES = Counter(
+    "detector_watchdog_recycles_total",
+    "Workers that recycled themselves because a detection ran past detection_limit_s",
+)
 
 
 def observe_request(endpoint: str, method: str, code: int, seconds: float) -> None:
