@@ -192,7 +192,8 @@ def logs(c, follow=False, lines=100, hosts="", inventory=""):
 @task(
     help={
         "force": "renew now even if the certificate is not due (new serial)",
-        "dry_run": "renew against the staging CA without saving; still runs the deploy hook",
+        "dry_run": "renew against the staging CA without saving; still runs the deploy hook;"
+        " a recorded renewal failure stays (only a real renewal clears it)",
         "hosts": HOSTS_HELP,
         "inventory": INVENTORY_HELP,
     }

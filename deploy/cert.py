@@ -15,6 +15,7 @@ from fabric import Connection
 from deploy import commands
 from deploy.inventory import Host
 from deploy.remote import DeployError
+from deploy.remote import probe
 from deploy.remote import run
 from deploy.remote import say
 from deploy.remote import step
@@ -84,4 +85,18 @@ def renew(c: Connection, host: Host, force: bool, dry_run: bool, wait_s: float =
             after = served_all(host)
     for s in after.values():
         say(host, "after  " + describe(s))
+    if dry_run:
+        say(host, "dry run passed: " + (still_failed(c, host) or "no renewal failure recorded"))
     return {"before": before, "after": after}
+
+
+def still_failed(c: Connection, host: Host) -> str:
+    """A recorded renewal failure a dry run leaves in place ('' when none is recorded)."""
+    from deploy.status import RENEWAL_MARKER  # status imports this module
+    from deploy.status import renewal_problem
+
+    if not host.cert_state_dir:
+        return ""
+    _, marker = probe(c, ["cat", f"{host.cert_state_dir}/{RENEWAL_MARKER}"])
+    problem = renewal_problem(marker)
+    return f"{problem} (a dry run does not clear it)" if problem else ""
