@@ -114,18 +114,24 @@ class UserInventory:
         return self.run(self.fab_argv(*args), timeout=timeout)
 
 
-def _known_hosts(hosts: Sequence[Host], path: Path) -> Path:
-    keys = subprocess.run(
-        ["ssh-keyscan", "-T", "10", *(h.address for h in hosts)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    missing = [h.name for h in hosts if h.address not in keys]
+def known_hosts_for(recorded: Path, hosts: Sequence[Host], path: Path) -> Path:
+    """Write path with the hosts' keys from the bed's recorded known_hosts (read from each
+    host's rootfs before it booted): no ssh-keyscan, so first contact trusts nothing unseen."""
+    wanted = {h.address for h in hosts}
+    lines = [
+        line
+        for line in recorded.read_text().splitlines()
+        if line.split(" ", 1)[0] in wanted and len(line.split()) >= 3
+    ]
+    missing = sorted(
+        h.name for h in hosts if not any(line.startswith(f"{h.address} ") for line in lines)
+    )
     if missing:
-        raise RuntimeError(f"ssh-keyscan got no host key from {missing}; is sshd up there?")
-    path.write_text(keys)
+        raise RuntimeError(
+            f"no recorded host key for {missing} in {recorded}; bring the host up with the "
+            "test bed (it records each host's keys from its rootfs)"
+        )
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 
@@ -161,7 +167,8 @@ def user_inventory(
     password_file.unlink(missing_ok=True)
     password_file.touch(mode=0o600)
     password_file.write_text(secrets.token_urlsafe(24) + "\n")
-    known = _known_hosts([*hosts, *([lb] if lb else [])], work / "known_hosts")
+    everyone = [*hosts, *([lb] if lb else [])]
+    known = known_hosts_for(bed.known_hosts_path, everyone, work / "known_hosts")
     values = bed.variables()
     settings = {path: {key: values[key] for key in keys} for path, keys in USER_SETTINGS.items()}
     settings["group_vars/all/vars.yml"]["detector_acme_staging"] = False  # Pebble, not LE
