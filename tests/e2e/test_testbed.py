@@ -210,7 +210,11 @@ def test_inventory_lets_ansible_become_root(testbed: Testbed) -> None:
     assert f"{testbed.hosts[0].name} | CHANGED | rc=0 | (stdout) root" in result.stdout
 
 
-def test_inventory_vars_outrank_the_playbook_group_vars(testbed: Testbed) -> None:
+def test_bed_inventory_gives_the_host_every_bed_variable_and_its_address(testbed: Testbed) -> None:
+    """ansible-inventory reads the bed's inventory as ansible-playbook would (--playbook-dir
+    ansible/, so any group_vars/host_vars beside the playbook would be merged in): the host gets
+    every value of testbed.variables() unchanged and its bed address. (Role defaults are not
+    inventory variables; tests/ansible/test_inventory_precedence.py checks they lose.)"""
     inventory = VENV_BIN / "ansible-inventory"
     if not inventory.exists():
         pytest.skip(f"ansible-inventory missing from {VENV_BIN}: pip install -e '.[test]'")
