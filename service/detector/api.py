@@ -1,4 +1,4 @@
-"""JSON API and operations endpoints: /api/v1/detect, /healthz, /readyz, /metrics, /version."""
+"""JSON API and operations endpoints: /api/v1/detect, health, metrics, version, /openapi.json."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from flask import jsonify
 
 from . import __version__
 from . import metrics
+from . import openapi
 from .errors import ApiError
 from .options import apply_options
 from .options import request_options
@@ -86,3 +87,9 @@ def version():
             input_size=detector.input_size,
         )
     return jsonify(info)
+
+
+@bp.get("/openapi.json")
+def openapi_document():
+    """Serve the OpenAPI 3.1 document of this server's endpoints."""
+    return jsonify(openapi.document(current_app))

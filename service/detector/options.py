@@ -8,10 +8,13 @@ from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from flask import current_app
 from flask import request
 
 from .detection import Detection
+from .errors import DRAIN_FACTOR
 from .errors import ApiError
+from .errors import drain_body
 
 # Upper bound of max_detections: far above what one image yields at any threshold (the
 # postprocess keeps at most a few thousand candidates), low enough to catch typos.
@@ -142,13 +145,21 @@ def request_values() -> dict[str, list[str]]:
 
 
 def request_options(detector, *, threshold_field: str = "threshold") -> Options:
-    """Parse this request's options against a loaded detector (its threshold and class names)."""
-    return parse_options(
-        request_values(),
-        floor=float(detector.threshold),
-        labels=list(detector.class_names),
-        threshold_field=threshold_field,
-    )
+    """Parse this request's options against a loaded detector (its threshold and class names).
+
+    On a bad option the unread upload is read and dropped before the 400 goes out (as for a
+    413): a keep-alive client's next request must not start inside this one's body.
+    """
+    try:
+        return parse_options(
+            request_values(),
+            floor=float(detector.threshold),
+            labels=list(detector.class_names),
+            threshold_field=threshold_field,
+        )
+    except ApiError:
+        drain_body(DRAIN_FACTOR * (current_app.config.get("MAX_CONTENT_LENGTH") or 0))
+        raise
 
 
 def apply_options(detections: Iterable[Detection], options: Options) -> list[Detection]:
