@@ -88,6 +88,18 @@ def detection_summary(body: str, expected: tuple[str, ...] = SMOKE_LABELS) -> tu
     return True, summary
 
 
+def key_required(status: int, headers: dict, served: str, rid: str) -> bool:
+    """True when the release rid refused the detection for want of an API key (keys are on).
+
+    fab holds no API key (they live in the vault). With detector_api_keys set, a detection
+    through nginx answers 401 with WWW-Authenticate from the service itself, carrying the
+    release header: nginx routes to rid and rid enforces keys. The real detection on rid was
+    the smoke check on its socket, which needs no key (detector_api_keys_local_exempt).
+    """
+    challenge = headers.get("www-authenticate", "").lower()
+    return status == 401 and challenge.startswith("bearer") and served == rid
+
+
 def page_summary(status: int, content_type: str, body: str) -> tuple[bool, str]:
     """GET / must serve the upload page: 200, text/html, with the page's file input."""
     if status != 200:
@@ -186,6 +198,9 @@ def gate_once(
             return False, f":{port} {summary}"
         res = detect(host, port, image, trust=trust)
         served = res.headers.get(RELEASE_HEADER.lower(), "")
+        if key_required(res.status, res.headers, served, rid):
+            notes.append(f":{port} detection needs an API key (401 from {rid})")
+            continue
         good, summary = detection_summary(res.body.decode(errors="replace"), expected_labels(host))
         if res.status != 200 or not good or served != rid:
             return False, f":{port} detect {res.status}, release {served or 'missing'}: {summary}"
@@ -210,6 +225,8 @@ def backend_gate_once(c: Connection, host: Host, rid: str, image_remote: str) ->
     ok, out = probe(c, argv, timeout=75)
     code, headers, body = commands.parse_included(out)
     served = headers.get(RELEASE_HEADER.lower(), "")
+    if key_required(code, headers, served, rid):
+        return True, f":{host.backend_port} detection needs an API key (401 from {rid})"
     good, summary = detection_summary(body, expected_labels(host))
     if code != 200 or not good or served != rid:
         port = host.backend_port

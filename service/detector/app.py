@@ -17,6 +17,7 @@ from flask import g
 from flask import request
 
 from . import __version__
+from . import auth
 from . import config as config_module
 from . import cors
 from . import errors
@@ -65,12 +66,15 @@ def create_app(config: config_module.Config | Mapping | None = None) -> Flask:
     errors.register(app)
     _register_request_hooks(app)
     cors.register(app, config.cors_origins)
+    auth.register(app, config)  # API keys on the detection endpoints, when configured
 
     from . import api
+    from . import deepstack
     from . import web
 
     app.register_blueprint(web.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(deepstack.bp)
     return app
 
 

@@ -18,6 +18,7 @@ else:  # pragma: no cover - Python 3.9/3.10 targets
 
 ENV_PREFIX = "DETECTOR_"
 CONFIG_ENV = "DETECTOR_CONFIG"
+MIN_API_KEY_LENGTH = 16  # an API key shorter than this is refused at start
 ENGINES = ("auto", "torch", "opencv")
 PRECISIONS = ("auto", "fp32", "bf16")  # torch engine; auto = bf16 where the CPU has it natively
 
@@ -60,6 +61,10 @@ class Config:
     graceful_timeout_s: int = 60  # in-flight requests finish within this on stop/reload
     max_requests: int = 1000  # a worker is recycled after this many requests ...
     max_requests_jitter: int = 100  # ... plus a random 0..N, so workers do not recycle together
+    # API keys (detector.auth): empty = detection endpoints open; never shown by repr or logs
+    api_keys: tuple[str, ...] = field(default_factory=tuple, repr=False)
+    # with keys on: a request on the unix socket with no proxy header (not via nginx) needs none
+    api_keys_local_exempt: bool = False
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -104,6 +109,12 @@ class Config:
         custom = [bool(self.cfg), bool(self.weights), bool(self.names)]
         if any(custom) and not all(custom):
             raise ConfigError("a custom model needs all three of cfg, weights and names")
+        for number, key in enumerate(self.api_keys, 1):  # the message never shows a key
+            if len(key) < MIN_API_KEY_LENGTH or not key.isprintable() or key != key.strip():
+                raise ConfigError(
+                    f"api_keys entry {number} must be at least {MIN_API_KEY_LENGTH} printable "
+                    "characters without surrounding spaces; make one with `openssl rand -hex 32`"
+                )
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}

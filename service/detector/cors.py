@@ -6,7 +6,7 @@ from flask import Flask
 from flask import request
 
 ALLOW_METHODS = "GET, POST, OPTIONS"
-ALLOW_HEADERS = "Content-Type, X-Request-ID"
+ALLOW_HEADERS = "Content-Type, X-Request-ID, Authorization, X-API-Key"  # keys: auth.py
 EXPOSE_HEADERS = "X-Request-ID, X-Detector-Release, X-Detector-Host"
 
 

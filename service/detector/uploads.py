@@ -60,37 +60,38 @@ class Bounds:
         )
 
 
-def read_upload() -> bytes:
-    """Return the uploaded bytes: multipart field `file`, or a raw image/* body.
+def read_upload(field: str = FIELD) -> bytes:
+    """Return the uploaded bytes: multipart field `field` (`file`), or a raw image/* body.
 
-    :raise ApiError 400: no `file` field (naming the fields that were sent) or an empty file
+    :raise ApiError 400: no such field (naming the fields that were sent) or an empty file
     """
     if request.mimetype.startswith("image/") or request.mimetype == "application/octet-stream":
         data = request.get_data(cache=False)
     else:
-        upload = request.files.get(FIELD)
+        upload = request.files.get(field)
         if upload is None:
             sent = sorted(set(request.files) | set(request.form))
             hint = f"; got {', '.join(sent)}" if sent else ""
-            raise ApiError(400, f"missing file: send the image as multipart field '{FIELD}'{hint}")
+            raise ApiError(400, f"missing file: send the image as multipart field '{field}'{hint}")
         data = upload.read()
     if not data:
         raise ApiError(400, "the uploaded file is empty; choose an image file")
     return data
 
 
-def detect_upload(*, draft: bool = False) -> Result:
+def detect_upload(*, draft: bool = False, field: str = FIELD) -> Result:
     """Decode the request's image, apply the page's orientation and run the detector.
 
     :param draft: decode a big image reduced to what the network needs (boxes still come back
         in original pixels); off when the image is drawn on and returned.
+    :param field: the multipart field holding the image (`file`; DeepStack clients: `image`)
     :raise ApiError: 400 no or empty file, 415 not an image, 422 too many pixels or too costly
         to decode, 503 busy or past the request deadline
     """
     app = current_app
     config = app.config["DETECTOR"]
     bounds: Bounds = app.extensions["bounds"]
-    data = read_upload()
+    data = read_upload(field)
     detector = app.extensions["detector"].get()
     orientation = request.form.get("orientation")
     return bounds.runner.run(
