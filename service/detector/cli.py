@@ -11,10 +11,33 @@ import time
 import traceback
 from pathlib import Path
 
+from detector import __version__
 from detector import config as config_module
 
 _DEBUG = "log the model loading and show tracebacks on errors"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+VERSION = f"detector {__version__}"
+
+
+class DeprecatedAlias(argparse.Action):
+    """Store like the option's new name does, and warn on stderr that this name is going away."""
+
+    def __init__(self, option_strings, dest, replacement: str, **kwargs) -> None:
+        self.replacement = replacement
+        kwargs.setdefault("help", f"deprecated name of {replacement}")
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(
+            f"{parser.prog}: warning: {option_string} is deprecated; use {self.replacement}",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, values)
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    """Give a parser `--version` (prints `detector X.Y.Z` and exits)."""
+    parser.add_argument("--version", action="version", version=VERSION)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,10 +47,14 @@ def _parser() -> argparse.ArgumentParser:
         description="YOLOv3 object detection. `detector serve --help` shows the server's options.",
     )
     parser.add_argument("--debug", action="store_true", help=_DEBUG)
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     detect = sub.add_parser("detect", help="detect objects in images")
     detect.add_argument("images", nargs="+", metavar="IMAGE")
+    detect.add_argument(
+        "--config", help="detector TOML file, as the service reads it (default: $DETECTOR_CONFIG)"
+    )
     detect.add_argument(
         "--model", help="model name from the weights manifest (yolov3-tiny, yolov3)"
     )
@@ -38,7 +65,16 @@ def _parser() -> argparse.ArgumentParser:
         choices=config_module.PRECISIONS,
         help="torch precision (auto: bf16 on CPUs with native bf16)",
     )
-    detect.add_argument("--threads", type=int, help="inference threads (0 = automatic)")
+    detect.add_argument(
+        "--inference-threads", dest="threads", type=int, help="inference threads (0 = automatic)"
+    )
+    detect.add_argument(
+        "--threads",
+        dest="threads",
+        type=int,
+        action=DeprecatedAlias,
+        replacement="--inference-threads",
+    )
     detect.add_argument("--threshold", type=float, help="score threshold (default 0.25)")
     detect.add_argument("--nms-threshold", type=float, help="NMS IoU threshold (default 0.45)")
     detect.add_argument("--json", action="store_true", help="one JSON document per image")
@@ -60,12 +96,14 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG)
 
     sub.add_parser("serve", help="run the web service (options: detector serve --help)")
+    for subparser in sub.choices.values():
+        add_version(subparser)
     return parser
 
 
 def _settings(args: argparse.Namespace) -> config_module.Config:
     """Return the configuration (DETECTOR_CONFIG and DETECTOR_* apply) with flags on top."""
-    base = config_module.load()
+    base = config_module.load(getattr(args, "config", None))  # as the service: file + env
     overrides = {
         "model": args.model,
         "size": args.size,

@@ -29,15 +29,34 @@ class _Gunicorn(BaseApplication):
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of `detector serve`."""
+    from detector.cli import DeprecatedAlias
+    from detector.cli import add_version
+
     parser = argparse.ArgumentParser(
         prog="detector serve",
         description="Serve the detector with gunicorn (loopback or unix socket; nginx in front).",
     )
+    add_version(parser)
     parser.add_argument("--config", help="detector TOML file (default: $DETECTOR_CONFIG)")
     parser.add_argument("--bind", help="HOST:PORT on loopback or unix:PATH (config: bind)")
     parser.add_argument("--workers", type=int, help="worker processes (config: workers; 0=auto)")
     parser.add_argument(
-        "--threads", type=int, help="threads per worker (config: worker_threads; 0=auto)"
+        "--request-threads",
+        dest="request_threads",
+        type=int,
+        help="request threads per worker (config: worker_threads; 0=auto)",
+    )
+    parser.add_argument(
+        "--threads",
+        dest="request_threads",
+        type=int,
+        action=DeprecatedAlias,
+        replacement="--request-threads",
+    )
+    parser.add_argument(
+        "--inference-threads",
+        type=int,
+        help="inference threads per worker (config: threads; 0=cores / workers)",
     )
     parser.add_argument(
         "--allow-public", action="store_true", help="allow a non-loopback bind (not for prod)"
@@ -54,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in (
         ("BIND", args.bind),
         ("WORKERS", args.workers),
-        ("WORKER_THREADS", args.threads),
+        ("WORKER_THREADS", args.request_threads),
+        ("THREADS", args.inference_threads),
     ):
         if value is not None:
             os.environ[f"DETECTOR_{name}"] = str(value)

@@ -18,7 +18,7 @@ needs_weights = pytest.mark.skipif(
     not (WEIGHTS / "yolov3-tiny.weights").is_file(),
     reason="weights/yolov3-tiny.weights is missing: run `make weights`",
 )
-FAST = ["--engine", "torch", "--threads", "1", "--weights-dir", str(WEIGHTS)]
+FAST = ["--engine", "torch", "--inference-threads", "1", "--weights-dir", str(WEIGHTS)]
 
 
 def detector(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -153,3 +153,69 @@ def test_serve_forwards_its_arguments():
     done = detector("serve", "--help")
     assert done.returncode == 0, done.stderr
     assert "--bind" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["-m", "detector.cli", "--version"],
+        ["-m", "detector.cli", "detect", "--version"],
+        ["-m", "detector.cli", "fetch-weights", "--version"],
+        ["-m", "detector.cli", "serve", "--version"],
+        ["-m", "detector", "--version"],
+        ["-m", "detector.server", "--version"],
+    ],
+)
+def test_version_on_every_entry_point(command):
+    from detector import __version__
+
+    done = subprocess.run(
+        [sys.executable, *command], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"detector {__version__}\n"
+
+
+@needs_weights
+def test_detect_reads_the_service_config_file(coffee, tmp_path):
+    """--config FILE: the service's TOML, then DETECTOR_* overrides, then flags (config.load)."""
+    config = tmp_path / "detector.toml"
+    config.write_text(
+        f'model = "yolov3-tiny"\nweights_dir = "{WEIGHTS}"\nengine = "torch"\nthreshold = 0.9\n',
+        encoding="utf-8",
+    )
+    run = ["detect", str(coffee), "--json", "--inference-threads", "1", "--config", str(config)]
+    strict = detector(*run)
+    assert strict.returncode == 0, strict.stderr
+    assert json.loads(strict.stdout)["detections"] == []  # the file's threshold 0.9 applied
+    env = detector(*run, env={"DETECTOR_THRESHOLD": "0.3"})
+    assert [d["label"] for d in json.loads(env.stdout)["detections"]] == ["cup"]
+    flag = detector(*run, "--threshold", "0.3")
+    assert [d["label"] for d in json.loads(flag.stdout)["detections"]] == ["cup"]
+    config.write_text(config.read_text(encoding="utf-8") + "bogus = 1\n", encoding="utf-8")
+    bad = detector(*run)
+    assert bad.returncode == 1
+    assert bad.stderr == f"detector: error: unknown setting(s) in {config}: bogus\n"
+
+
+@needs_weights
+def test_old_threads_flag_still_works_with_a_warning(coffee):
+    done = detector("detect", str(coffee), "--json", "--engine", "torch", "--threads", "1")
+    assert done.returncode == 0, done.stderr
+    assert [d["label"] for d in json.loads(done.stdout)["detections"]] == ["cup"]
+    assert "--threads is deprecated; use --inference-threads" in done.stderr
+
+
+def test_serve_threads_flags_have_distinct_names(monkeypatch, capsys):
+    server = pytest.importorskip("detector.server", reason="detector.server is absent")
+    for name in ("BIND", "WORKER_THREADS", "THREADS", "CONFIG", "ALLOW_PUBLIC_BIND"):
+        monkeypatch.delenv(f"DETECTOR_{name}", raising=False)  # restored after the test
+    argv = ["--bind", "0.0.0.0:5000", "--request-threads", "3", "--inference-threads", "2"]
+    assert server.main(argv) == 2  # refused before gunicorn starts: a public bind
+    assert os.environ["DETECTOR_WORKER_THREADS"] == "3"
+    assert os.environ["DETECTOR_THREADS"] == "2"
+    old = server.build_parser().parse_args(["--threads", "4"])
+    assert old.request_threads == 4 and old.inference_threads is None
+    assert "--threads is deprecated; use --request-threads" in capsys.readouterr().err
+    usage = server.build_parser().format_help()
+    assert "--request-threads" in usage and "--inference-threads" in usage
