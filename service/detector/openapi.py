@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from flask import Flask
 
 from . import __version__
 from .options import MAX_DETECTIONS_LIMIT
 
 OPENAPI_VERSION = "3.1.0"
+COMPONENTS = Path(__file__).resolve().parent / "data" / "openapi-components.json"
 _REF = "#/components/schemas/"
 DETECTION_ERRORS = {
     "400": "Missing, empty or undecodable file, or a bad option (the message names the field).",
@@ -237,101 +241,9 @@ def _paths(labels: list[str] | None) -> dict:
     }
 
 
-def _object(required: list[str], properties: dict, closed: bool = True) -> dict:
-    schema = {"type": "object", "required": required, "properties": properties}
-    if closed:
-        schema["additionalProperties"] = False
-    return schema
-
-
-_STR = {"type": "string"}
-_NUM = {"type": "number"}
-_INT = {"type": "integer"}
-_SCORE = {"type": "number", "minimum": 0, "maximum": 1}
-_PIXEL = {"type": "integer", "minimum": 0}
-_DETECTION = _object(
-    ["label", "class_id", "score", "box"],
-    {
-        "label": _STR,
-        "class_id": {"type": "integer", "minimum": 0},
-        "score": _SCORE,
-        "box": {
-            "type": "array",
-            "items": _NUM,
-            "minItems": 4,
-            "maxItems": 4,
-            "description": "x1, y1, x2, y2 in original image pixels.",
-        },
-    },
-)
-_DETAILS = {
-    "model": _STR,
-    "width": _PIXEL,
-    "height": _PIXEL,
-    "threshold": {**_SCORE, "description": "The score threshold applied."},
-    "detections": {"type": "array", "items": _ref("Detection")},
-    "timing_ms": {"type": "object", "additionalProperties": _NUM},
-}
-SCHEMAS = {
-    "Error": _object(["error"], {"error": _STR}),
-    "Detection": _DETECTION,
-    "DetectResult": _object(list(_DETAILS), _DETAILS),
-    "DrawnResult": _object(
-        ["name", "image"],
-        {
-            "name": {"const": "input.jpg"},
-            "image": {"type": "string", "pattern": "^data:image/jpeg;base64, "},
-            **_DETAILS,
-        },
-    ),
-    "DeepStackResult": _object(
-        ["success", "predictions", "duration"],
-        {
-            "success": {"const": True},
-            "predictions": {
-                "type": "array",
-                "items": _object(
-                    ["label", "confidence", "x_min", "y_min", "x_max", "y_max"],
-                    {
-                        "label": _STR,
-                        "confidence": _SCORE,
-                        **{k: _PIXEL for k in ("x_min", "y_min", "x_max", "y_max")},
-                    },
-                ),
-            },
-            "duration": {**_NUM, "description": "Decode and inference, milliseconds."},
-        },
-    ),
-    "DeepStackError": _object(["success", "error"], {"success": {"const": False}, "error": _STR}),
-    "Health": _object(["status"], {"status": {"const": "ok"}}),
-    "Ready": _object(
-        ["ready", "model", "engine", "warmup_ms"],
-        {"ready": {"const": True}, "model": _STR, "engine": _STR, "warmup_ms": _NUM},
-        closed=False,
-    ),
-    "NotReady": _object(["ready", "error"], {"ready": {"const": False}, "error": _STR}),
-    "Version": _object(
-        ["version", "release", "host", "model"],
-        {
-            "version": _STR,
-            "release": _STR,
-            "host": _STR,
-            "model": _STR,
-            "engine": _STR,
-            "engine_reason": _STR,
-            "input_size": _INT,
-        },
-        closed=False,
-    ),
-}
-HEADERS = {
-    "RetryAfter": {"description": "Seconds to wait before retrying.", "schema": _INT},
-    "WWWAuthenticate": {"description": '`Bearer realm="detector"`.', "schema": _STR},
-}
-SECURITY_SCHEMES = {
-    "bearer": {"type": "http", "scheme": "bearer", "description": "An API key as a bearer token."},
-    "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-}
+def components() -> dict:
+    """Return the schemas, headers and security schemes (data/openapi-components.json)."""
+    return json.loads(COMPONENTS.read_text(encoding="utf-8"))
 
 
 def document(app: Flask) -> dict:
@@ -357,9 +269,5 @@ def document(app: Flask) -> dict:
             f"{config.max_upload_bytes} bytes and {config.max_pixels} pixels.",
         },
         "paths": paths,
-        "components": {
-            "schemas": SCHEMAS,
-            "headers": HEADERS,
-            "securitySchemes": SECURITY_SCHEMES,
-        },
+        "components": components(),
     }
