@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.client
 import json
 import re
+import secrets
 import socket
 import ssl
 from pathlib import Path
 
 import pytest
+import requests
 
 from testbed import DOMAIN
 from testbed import Testbed
@@ -261,3 +264,68 @@ def test_fab_deploy_status_and_forced_renewal_with_the_readme_commands(provision
         assert code == 200
     output = deploy.stdout + deploy.stderr + status.stdout + status.stderr + renew.stdout
     assert provisioned.bed.dns.tsig.secret not in output + renew.stderr
+
+
+KEYS_LINE = '# detector_api_keys: "{{ vault_detector_api_keys }}"'
+
+
+def deepstack_request(bed: Testbed, address: str, port: int, image: bytes, **fields):
+    """POST /v1/vision/detection over TLS, the body built by requests exactly as deepstack-python
+    (Home Assistant's client) builds it: data fields, then the `image` file; (status, JSON)."""
+    guard(address)
+    url = f"https://{DOMAIN}:{port}/v1/vision/detection"
+    prepared = requests.Request("POST", url, files={"image": image}, data=fields).prepare()
+    context = ssl.create_default_context(cafile=bed.acme.root_path)
+    conn = http.client.HTTPSConnection(DOMAIN, port, timeout=60, context=context)
+    raw = socket.create_connection((address, port), timeout=60)
+    conn.sock = context.wrap_socket(raw, server_hostname=DOMAIN)
+    try:
+        conn.request("POST", "/v1/vision/detection", prepared.body, dict(prepared.headers))
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_api_keys_from_the_vault_guard_deepstack_requests(provisioned: Provisioned):
+    """README "Integrations", the user's way: a key into the vault (ansible-vault decrypt, edit,
+    encrypt), the vars.yml line uncommented, provision.yml again, `fab deploy` (its gate holds no
+    key); then a DeepStack request as Home Assistant sends it gets the smoke image's cup over TLS
+    on every port with the key, 401 without or with a wrong one; `fab status` still works; the
+    key is in no output or log and its file is 0640 root:detector."""
+    user, bed = provisioned.user, provisioned.bed
+    key = secrets.token_hex(32)
+    vault = user.inventory / "group_vars" / "all" / "vault.yml"
+    password = ["--vault-password-file", str(user.password_file)]
+    opened = user.run(["ansible-vault", "decrypt", str(vault), *password])
+    assert opened.returncode == 0, _tail(opened)
+    vault.write_text(vault.read_text().rstrip("\n") + f'\nvault_detector_api_keys: ["{key}"]\n')
+    sealed = user.run(["ansible-vault", "encrypt", str(vault), *password])
+    assert sealed.returncode == 0 and vault.read_bytes().startswith(b"$ANSIBLE_VAULT;")
+    variables = user.inventory / "group_vars" / "detector" / "vars.yml"
+    assert KEYS_LINE in variables.read_text(), "the example lost the line the README names"
+    variables.write_text(variables.read_text().replace(KEYS_LINE, KEYS_LINE[2:]))
+    run = user.provision()
+    assert run.returncode == 0, _tail(run)
+    deploy = user.fab("deploy")
+    assert deploy.returncode == 0, _tail(deploy)
+    assert "needs an API key (401 from" in deploy.stdout + deploy.stderr
+    image = (REPO / "deploy" / "smoke.jpg").read_bytes()
+    address = provisioned.host.address
+    for port in PORTS:
+        status, body = deepstack_request(bed, address, port, image, api_key=key, min_confidence=0.1)
+        assert status == 200 and body["success"] is True, body
+        assert "cup" in {p["label"] for p in body["predictions"]}, body
+        assert all(isinstance(p["x_min"], int) for p in body["predictions"])
+        for wrong in ("", "0" * 64):
+            status, body = deepstack_request(bed, address, port, image, api_key=wrong)
+            assert status == 401 and body["success"] is False, body
+    status = user.fab("status")
+    assert status.returncode == 0, _tail(status)
+    mode = provisioned.sh("sudo stat -c '%a %U %G' /etc/detector/detector.toml").split()
+    assert mode == ["640", "root", "detector"]
+    logs = provisioned.sh(
+        "sudo journalctl --no-pager -u 'detector@*' -q; sudo cat /var/log/nginx/*.log", check=False
+    )
+    outputs = [run.stdout, run.stderr, deploy.stdout, deploy.stderr, status.stdout, logs]
+    assert all(key not in text for text in outputs)
