@@ -11,7 +11,7 @@ setting = $(shell sed -n 's/^$(1):[[:space:]]*\([^[:space:]\#]*\).*/\1/p' $(SETT
 TORCH_SPEC ?= $(call setting,detector_torch_spec)
 TORCH_INDEX ?= $(call setting,detector_torch_index_url)
 APT_PACKAGES := chromium chromium-driver debootstrap systemd-container pebble bind9 \
-	bind9-utils bind9-dnsutils tinyproxy openssl iproute2 ca-certificates curl zstd openssh-client
+	bind9-utils bind9-dnsutils tinyproxy openssl iproute2 ca-certificates curl zstd openssh-client nginx
 MODEL ?= yolov3-tiny
 PYTEST_ARGS ?=
 

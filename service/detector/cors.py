@@ -7,7 +7,7 @@ from flask import request
 
 ALLOW_METHODS = "GET, POST, OPTIONS"
 ALLOW_HEADERS = "Content-Type, X-Request-ID, Authorization, X-API-Key"  # keys: auth.py
-EXPOSE_HEADERS = "X-Request-ID, X-Detector-Release, X-Detector-Host"
+EXPOSE_HEADERS = "X-Request-ID, X-Detector-Release, X-Detector-Host, Retry-After"
 
 
 def register(app: Flask, origins: tuple[str, ...]) -> None:

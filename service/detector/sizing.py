@@ -15,6 +15,8 @@ Rule:
   Retry-After (limits.Gate): an admitted request waits at most one inference, so its latency
   stays within ~2x the unloaded one; each worker has one more thread for light requests
   (health, metrics, 503 answers): threads = 3;
+- nginx passes at most max_conns = workers x threads connections to one color at once (upstream
+  max_conns): gunicorn never queues a connection, the excess gets nginx's 503 + Retry-After;
 - torch threads per worker = cores / workers, so workers never oversubscribe the cores;
 - nginx lets one client send rate_per_s = cores / the model's CPU seconds per image (bench/
   results.md: ~0.72 s yolov3-416, ~0.07 s tiny, torch fp32) with a burst of max_inflight;
@@ -51,6 +53,7 @@ class Sizing:
     memory_max_mb: int  # systemd MemoryMax of one color
     memory_high_mb: int  # systemd MemoryHigh of one color
     max_inflight: int  # detections admitted at once by one color (limits.Gate)
+    max_conns: int  # connections nginx passes to one color at once (upstream max_conns)
     rate_per_s: int  # images per second the host can serve: nginx's per-client limit_req rate
 
 
@@ -81,15 +84,17 @@ def size(
     )
     share = max(0, memory_mb - reserve_mb) // max(1, colors)
     workers = workers or max(1, min(cores, share // cost))
+    request_threads = worker_threads or DETECTIONS_PER_WORKER + 1
     memory_max = -(-max(share, workers * cost) // 64) * 64
     return Sizing(
         workers=workers,
-        threads=worker_threads or DETECTIONS_PER_WORKER + 1,
+        threads=request_threads,
         torch_threads=threads or max(1, cores // workers),
         worker_memory_mb=cost,
         memory_max_mb=memory_max,
         memory_high_mb=memory_max * 7 // 8,
         max_inflight=DETECTIONS_PER_WORKER * workers,
+        max_conns=workers * request_threads,
         rate_per_s=max(1, int(cores / MODEL_CPU_SECONDS.get(model, DEFAULT_MODEL_CPU_SECONDS))),
     )
 

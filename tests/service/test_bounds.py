@@ -14,6 +14,7 @@ from detector.limits import Gate
 from detector.limits import MemoryBudget
 from PIL import Image
 from prometheus_client import REGISTRY
+from svc_helpers import ALLOWED_ORIGIN
 from svc_helpers import post_file
 
 ENDPOINTS = ("/", "/api/v1/detect")
@@ -139,3 +140,11 @@ def test_the_memory_budget_makes_a_large_decode_wait_for_another():
     assert got and got[0] >= released
     with pytest.raises(ApiError, match="busy decoding"):
         budget.reserve(50, time.monotonic() + 0.1)
+
+
+def test_a_page_on_another_origin_can_read_retry_after(client):
+    """The upload page waits Retry-After before retrying a 503/429: CORS must expose it."""
+    response = client.get("/status_check", headers={"Origin": ALLOWED_ORIGIN})
+    assert response.headers["Access-Control-Allow-Origin"] == ALLOWED_ORIGIN
+    exposed = [h.strip() for h in response.headers["Access-Control-Expose-Headers"].split(",")]
+    assert "Retry-After" in exposed

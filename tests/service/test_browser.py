@@ -5,11 +5,17 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import signal
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from detector import sizing
+from nginx_live import LiveNginx
+from nginx_live import prepare_site
 from PIL import Image
 from svc_helpers import ROOT
 from svc_helpers import SHARED_TESTDATA
@@ -40,6 +46,16 @@ CHROMIUM_FLAGS = (
 @pytest.fixture
 def browser():
     """A headless chromium driven by the Debian chromedriver (no driver download)."""
+    yield from _chromium()
+
+
+@pytest.fixture
+def tls_browser():
+    """The same browser, accepting the self-signed certificate of the test's nginx."""
+    yield from _chromium("--ignore-certificate-errors")
+
+
+def _chromium(*extra_flags: str):
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (test extra) missing")
     for path in (CHROMIUM, CHROMEDRIVER):
         if not os.access(path, os.X_OK):
@@ -48,7 +64,7 @@ def browser():
     profile = tempfile.mkdtemp(prefix="detector-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS:
+    for flag in CHROMIUM_FLAGS + extra_flags:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
     service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
@@ -206,4 +222,96 @@ def test_drag_and_drop_uploads(browser, server):
         li.get_attribute("data-label")
         for li in browser.find_elements(By.CSS_SELECTOR, "#detections li.detection")
     ]
+    assert "cup" in labels
+
+
+class Holder(threading.Thread):
+    """Keep one of the connections nginx passes (max_conns) busy on a stopped worker."""
+
+    def __init__(self, nginx: LiveNginx, data: bytes) -> None:
+        super().__init__(daemon=True)
+        self.nginx, self.data = nginx, data
+        self.since = time.monotonic()
+        self.answer = None
+
+    def run(self) -> None:
+        with self.nginx.client(timeout=120) as client:
+            while True:  # 503 while a footer poll held the slot (it aborts after 2.5 s)
+                self.since = time.monotonic()
+                answer = client.post(
+                    self.nginx.url + "/api/v1/detect", files={"file": ("c.jpg", self.data)}
+                )
+                if answer.status_code != 503:
+                    self.answer = answer
+                    return
+                time.sleep(0.3)
+
+    def wait_held(self, seconds: float = 3.0, timeout: float = 60) -> None:
+        """Wait until one attempt has waited `seconds`: longer than any poll, so it is upstream."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() - self.since < seconds:
+            assert self.answer is None and time.monotonic() < deadline, "holder not held"
+            time.sleep(0.1)
+
+
+def test_a_busy_server_is_retried_after_its_retry_after(tls_browser, tmp_path):
+    """Real nginx with max_conns=2 in front of one stopped worker (SIGSTOP by PID): the page
+    counts down Retry-After, retries at most 3 times, then says busy; once the worker runs
+    again, a retry gets the result."""
+    from selenium.webdriver.common.by import By
+
+    require_weights()
+    sized = sizing.size(2, 8000, "yolov3-tiny", workers=1, worker_threads=2)  # max_conns 2
+    site = prepare_site(tmp_path, sized.__dict__.copy(), nginx_quiet_paths=[])
+    data = jpeg_bytes(sample_image("coffee"))
+    photo = tmp_path / "coffee.jpg"
+    photo.write_bytes(data)
+    again = tmp_path / "coffee-again.jpg"  # choosing the same file twice fires no change event
+    again.write_bytes(data)
+    driver = tls_browser
+    with LiveServer(workers=1, threads=2, uds=site["sockets"] / "blue.sock") as live:
+        with LiveNginx(site["dir"], site["port"], site["cert"]) as nginx:
+            driver.get(nginx.url + "/")
+            state = driver.find_element(By.ID, "backend-state")
+            wait_for(driver, lambda d: state.get_attribute("data-state") == "online", 15, "online")
+            status = driver.find_element(By.ID, "status")
+            error = driver.find_element(By.ID, "error")
+            (worker,) = live.worker_pids()
+            holders = [Holder(nginx, data) for _ in range(sized.max_conns)]
+            os.kill(worker, signal.SIGSTOP)
+            try:
+                for holder in holders:
+                    holder.start()
+                for holder in holders:
+                    holder.wait_held()
+                driver.find_element(By.ID, "file-input").send_keys(str(photo))
+                wait_for(driver, lambda d: "retrying in" in status.text, 20, "busy countdown")
+                first = status.text
+                wait_for(driver, lambda d: error.is_displayed(), 30, "busy message")
+                gave_up = error.text
+                driver.find_element(By.ID, "file-input").send_keys(str(again))
+                wait_for(driver, lambda d: "retrying in" in status.text, 20, "second countdown")
+            finally:
+                os.kill(worker, signal.SIGCONT)
+            for holder in holders:
+                holder.join(60)
+            preview = driver.find_element(By.ID, "preview")
+            wait_for(
+                driver, lambda d: preview.get_attribute("data-state") == "result", 60, "result"
+            )
+            labels = [
+                li.get_attribute("data-label")
+                for li in driver.find_elements(By.CSS_SELECTOR, "#detections li.detection")
+            ]
+            driver.save_screenshot(str(ARTIFACTS / "browser-busy-retried.png"))
+        access = (site["dir"] / "logs" / "detector.access.log").read_text()
+    assert first == "Server busy, retrying in 1 s (try 1 of 3)..."
+    assert "busy or restarting (503)" in gave_up
+    assert "service unavailable or busy" in gave_up  # nginx's JSON error, shown to the user
+    page_posts = [line for line in access.splitlines() if '"POST /?detections=1 ' in line]
+    statuses = [line.split('" ')[1].split()[0] for line in page_posts]
+    assert statuses[:4] == ["503"] * 4  # the first upload: 1 try + 3 retries, then it gave up
+    assert statuses[-1] == "200" and set(statuses[4:-1]) <= {"503"}  # the second: retried
+    assert [h.answer.status_code for h in holders] == [200] * sized.max_conns
+    assert error.text == "" or not error.is_displayed()
     assert "cup" in labels

@@ -6,6 +6,8 @@
   const TIMEOUT_MS = 25000;       // the original page's request timeout
   const POLL_MS = 3000;           // footer online/offline poll
   const POLL_TIMEOUT_MS = 2500;
+  const RETRIES = 3;              // a busy answer (503/429 with Retry-After) is retried this often
+  const RETRY_CAP_S = 10;         // ... after waiting what the server says, at most this long
 
   const backend = (document.body.dataset.backend || "").replace(/\/+$/, "");
   const $ = (id) => document.getElementById(id);
@@ -50,6 +52,7 @@
   function setBusy(value) {
     busy = value;
     uploadButton.disabled = value;
+    if (value) delete statusLine.dataset.retry;
     statusLine.textContent = value ? "Processing..." : "";
   }
 
@@ -156,7 +159,39 @@
     return { blob: blob, name: "input.jpg", orientation: 1 };
   }
 
+  // POST the image; a busy server's 503/429 with Retry-After is retried (bounded) after a
+  // countdown in the status line, anything else is shown at once.
   async function send(prepared) {
+    for (let attempt = 1; ; attempt++) {
+      const response = await post(prepared);
+      const wait = retryAfterSeconds(response);
+      if ((response.status === 503 || response.status === 429) && wait !== null && attempt <= RETRIES) {
+        await countdown(wait, attempt);
+        continue;
+      }
+      return show(response);
+    }
+  }
+
+  // Seconds from a Retry-After header (delta seconds or an HTTP date), capped; null if absent.
+  function retryAfterSeconds(response) {
+    const value = (response.headers.get("Retry-After") || "").trim();
+    if (!value) return null;
+    let seconds = /^\d+$/.test(value) ? Number(value) : (Date.parse(value) - Date.now()) / 1000;
+    if (!Number.isFinite(seconds)) return null;
+    return Math.min(RETRY_CAP_S, Math.max(0, Math.ceil(seconds)));
+  }
+
+  async function countdown(seconds, attempt) {
+    statusLine.dataset.retry = String(attempt);
+    for (let left = seconds; left > 0; left--) {
+      statusLine.textContent = "Server busy, retrying in " + left + " s (try " + attempt + " of " + RETRIES + ")...";
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+    }
+    statusLine.textContent = "Processing...";
+  }
+
+  async function post(prepared) {
     const form = new FormData();
     form.append("file", prepared.blob, prepared.name);
     form.append("orientation", String(prepared.orientation));
@@ -175,6 +210,10 @@
     } finally {
       clearTimeout(timer);
     }
+    return response;
+  }
+
+  async function show(response) {
     let body = null;
     try {
       body = await response.json();
@@ -199,6 +238,7 @@
       case 413: return "The file is too large to upload; choose a smaller image." + detail;
       case 415: return "That file is not an image the server reads; use JPEG, PNG, GIF, WebP or BMP." + detail;
       case 422: return "The image has too many pixels; use a smaller image." + detail;
+      case 429: return "Too many requests from this address; wait a moment and try again." + detail;
       case 502: case 503: case 504: return "The server is busy or restarting (" + status + "); try again in a moment." + detail;
       default: return "The server answered with error " + status + "." + detail;
     }
