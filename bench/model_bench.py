@@ -26,7 +26,10 @@ from bench.report import render
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "service" / "detector" / "data"
-QUICK_ENV = "BENCH_QUICK"  # set to 1: fewer rounds, no 12 MP runs, no unfused port
+# Kept between runs (weights/ is git-ignored): random weights, so the engines' caches (ours in
+# <weights dir>/.openvino, the peers' IR) stay valid and a second run skips every conversion.
+BENCH_DIR = ROOT / "weights" / ".bench"
+QUICK_ENV = "BENCH_QUICK"  # set to 1: yolov3-tiny and yolov3-416 only, 3 rounds, no 12 MP
 FLAGS_SHOWN = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 BF16_FLAGS = {"amx_bf16", "avx512_bf16"}
 MODELS = {  # label -> (cfg, input size, weights: "real" from weights/ or "random")
@@ -60,26 +63,33 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def default_rows(flags: set[str], engines, precisions, quick: bool) -> list[str]:
+def default_rows(flags: set[str], engine_precisions: dict) -> list[str]:
     """Rows for this CPU: each engine and precision of ours, auto, then the peers.
 
+    The plain torch port ("torch-unfused") is not among them (ask for it with --rows).
+
     bf16 rows only where the CPU computes bf16 natively (emulated bf16 is many times slower and
-    OpenVINO ignores the hint there); ours through the engines and precisions load_detector has.
+    OpenVINO ignores the hint there). `engine_precisions`: what load_detector runs, per engine.
     """
     bf16 = bool(BF16_FLAGS & flags)
-    wanted = [p for p in ("fp32", "bf16", "int8") if p in precisions and (bf16 or p != "bf16")]
     rows = []
-    for engine in ("openvino", "torch"):  # openvino first: its rows build the cache auto reuses
-        if engine in engines:
-            allowed = wanted if engine == "openvino" else [p for p in wanted if p != "int8"]
-            rows += [f"{engine}-{p}" for p in allowed]
-    if "opencv" in engines:
-        rows.append("opencv-fp32")
+    for engine in ("openvino", "torch", "opencv"):  # openvino first: it builds the cache auto reads
+        for precision in engine_precisions.get(engine, ()):
+            if bf16 or precision != "bf16":
+                rows.append(f"{engine}-{precision}")
     rows += ["auto", "opencv-dnn-direct"]
     rows += [f"ov-direct-{p}" for p in ("fp32", "bf16", "int8") if bf16 or p != "bf16"]
-    if not quick:
-        rows.append("torch-unfused")
     return rows
+
+
+def engine_precisions() -> dict:
+    """Engine -> precisions this project's load_detector runs (config.ENGINE_PRECISIONS)."""
+    from detector import config
+
+    known = getattr(config, "ENGINE_PRECISIONS", None)
+    if known is None:  # before the openvino engine: torch fp32/bf16 and opencv fp32
+        known = {"torch": ("fp32", "bf16"), "opencv": ("fp32",)}
+    return {engine: tuple(p) for engine, p in known.items() if engine != "auto"}
 
 
 def make_jpegs(folder: Path) -> dict[str, Path]:
@@ -219,7 +229,7 @@ def bench_model(specs: list[dict], rounds: int, rounds_12mp: int, log) -> list[d
     rows = []
     for spec in specs:
         print(f"bench: {spec['label']} {spec['row']} loading ...", file=sys.stderr, flush=True)
-        if spec["row"].startswith("openvino"):  # the cache is built at provision: build it first
+        if spec["row"].startswith(("openvino", "ov-direct")):  # convert/quantize once, untimed
             prepare = Row({**spec, "warmup": 0}, log)
             prepare.wait_ready()
             prepare.finish()
@@ -238,13 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
     """Options of the model benchmark."""
     quick = os.environ.get(QUICK_ENV) == "1"
     parser = argparse.ArgumentParser(prog="python -m bench.model_bench", description=__doc__)
-    parser.add_argument("--rounds", type=int, default=3 if quick else 7, help="1 MP rounds")
-    parser.add_argument("--rounds-12mp", type=int, default=0 if quick else 2, help="12 MP rounds")
+    parser.add_argument("--rounds", type=int, default=3 if quick else 5, help="1 MP rounds")
+    parser.add_argument("--rounds-12mp", type=int, default=0 if quick else 1, help="12 MP rounds")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per row after load")
     parser.add_argument(
         "--threads", type=int, default=os.cpu_count() or 1, help="threads per row (all cores)"
     )
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
+    models = list(MODELS)[:2] if quick else list(MODELS)
+    parser.add_argument("--models", default=",".join(models), help="comma-separated subset")
     parser.add_argument("--rows", default="", help="comma-separated subset (default: all)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     return parser
@@ -259,14 +270,10 @@ def main(argv: list[str] | None = None) -> str:
     import cv2
     import openvino
     import torch
-    from detector.model import loader
     from detector.model.random_weights import write_random_weights
 
     flags = cpu_flags()
-    quick = os.environ.get(QUICK_ENV) == "1"
-    rows = [r for r in args.rows.split(",") if r] or default_rows(
-        flags, loader.ENGINES, loader.PRECISIONS, quick
-    )
+    rows = [r for r in args.rows.split(",") if r] or default_rows(flags, engine_precisions())
     header = [
         f"CPU: {cpu_model()}, {os.cpu_count()} logical cores; flags: "
         + (", ".join(f for f in FLAGS_SHOWN if f in flags) or "none of " + ", ".join(FLAGS_SHOWN)),
@@ -288,8 +295,9 @@ def main(argv: list[str] | None = None) -> str:
                 if not weights.is_file():
                     raise SystemExit(f"{weights} is missing; run `make weights` first")
             else:
-                weights = Path(tmp) / f"{cfg.stem}-random.weights"
+                weights = BENCH_DIR / f"{cfg.stem}-random.weights"
                 if not weights.exists():
+                    BENCH_DIR.mkdir(parents=True, exist_ok=True)
                     write_random_weights(cfg, weights)
             common = {
                 "label": label,
@@ -301,6 +309,7 @@ def main(argv: list[str] | None = None) -> str:
                 "threads": args.threads,
                 "warmup": args.warmup,
                 "images": images,
+                "cache_dir": str(BENCH_DIR / "openvino-direct"),
             }
             specs = [{**common, "row": row} for row in rows]
             results += bench_model(specs, args.rounds, args.rounds_12mp, log)

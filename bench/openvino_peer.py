@@ -1,13 +1,14 @@
 """OpenVINO used directly, as its YOLO samples do: convert, quantize, compile; numpy/cv2 around.
 
 What a user who knows OpenVINO would write instead of using this project:
-- the model: this project's plain darknet port (BN layers, fp32) converted in memory with
+- the model: this project's plain darknet port (BN layers, fp32) converted with
   `openvino.convert_model(torch_model, example_input=...)` (OpenVINO's PyTorch path; the
   openvino_notebooks YOLOv8 samples go through an ONNX export instead, which needs the `onnx`
-  package that is not installed here);
+  package that is not installed here), saved as IR with `openvino.save_model` and read back with
+  `core.read_model` as the samples do, so conversion happens once, not in the timed process;
 - int8: `nncf.quantize(model, nncf.Dataset(images, transform_fn), subset_size=N,
   preset=nncf.QuantizationPreset.MIXED)` as in NNCF's `post_training_quantization/openvino/yolov8`
-  example, calibrated on scikit-image photos (not the timed one), in the same process;
+  example, calibrated on scikit-image photos (not the timed one), saved as IR the same way;
 - `core.compile_model(model, "CPU", config)` with the thread count, `PERFORMANCE_HINT=LATENCY` and,
   for fp32/bf16, `INFERENCE_PRECISION_HINT` (f32 must be asked for: on bf16 CPUs OpenVINO's
   default is bf16); int8 keeps the default hint, as the samples do;
@@ -18,7 +19,9 @@ What a user who knows OpenVINO would write instead of using this project:
 
 from __future__ import annotations
 
+import hashlib
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -90,32 +93,57 @@ def decode_heads(
     return np.concatenate(boxes), np.concatenate(scores), np.concatenate(classes)
 
 
-def build_model(spec: dict, precision: str):
-    """Convert (and for int8 quantize) the darknet model; return (ov.Model, anchors per head)."""
+def ir_path(spec: dict, precision: str) -> Path:
+    """Where the converted (fp32 and bf16 share it) or quantized IR of this model is saved."""
     import openvino as ov
-    import torch
+
+    digest = hashlib.sha256()
+    with open(spec["weights"], "rb") as f:
+        while chunk := f.read(4 << 20):
+            digest.update(chunk)
+    key = f"{Path(spec['cfg']).stem}-{spec['size']}-{digest.hexdigest()[:16]}"
+    kind = "int8" if precision == "int8" else "fp32"
+    return Path(spec["cache_dir"]) / f"{key}-{kind}-ov{ov.get_version().split('-')[0]}.xml"
+
+
+def build_model(spec: dict, precision: str):
+    """Read (or convert, quantize and save) the darknet model's IR; return (model, anchors)."""
+    import openvino as ov
     from detector.model.cfg import parse_cfg
-    from detector.model.darknet import Darknet
-    from detector.model.weights import load_weights
 
     cfg = parse_cfg(spec["cfg"])
-    torch_model = Darknet(cfg).eval()
-    load_weights(torch_model, spec["weights"])
-    size = spec["size"]
-    with torch.no_grad():
-        model = ov.convert_model(torch_model, example_input=torch.zeros(1, 3, size, size))
-    del torch_model
+    anchors = [list(cfg.layers[i].anchors) for i in cfg.yolo_indices]
+    core = ov.Core()
+    path = ir_path(spec, precision)
+    if path.is_file():
+        return core.read_model(path), anchors
+    fp32_path = ir_path(spec, "fp32")
+    if fp32_path.is_file():
+        model = core.read_model(fp32_path)
+    else:
+        import torch
+        from detector.model.darknet import Darknet
+        from detector.model.weights import load_weights
+
+        torch_model = Darknet(cfg).eval()
+        load_weights(torch_model, spec["weights"])
+        size = spec["size"]
+        with torch.no_grad():
+            model = ov.convert_model(torch_model, example_input=torch.zeros(1, 3, size, size))
+        del torch_model
+        fp32_path.parent.mkdir(parents=True, exist_ok=True)
+        ov.save_model(model, fp32_path, compress_to_fp16=False)
     if precision == "int8":
         import nncf
 
-        images = calibration_tensors(size)
+        images = calibration_tensors(spec["size"])
         model = nncf.quantize(
             model,
             nncf.Dataset(images, lambda item: item),
             subset_size=len(images),
             preset=nncf.QuantizationPreset.MIXED,
         )
-    anchors = [list(cfg.layers[i].anchors) for i in cfg.yolo_indices]
+        ov.save_model(model, path, compress_to_fp16=False)
     return model, anchors
 
 

@@ -78,8 +78,10 @@ def render(results: list[dict], header: list[str]) -> str:
         "- e2e = JPEG bytes → decode → letterbox → forward → decode boxes + NMS, wall time "
         "measured inside each row's process, 1 MP photo (scikit-image coffee at 1155x866, plus "
         "noise); ratios are to OpenCV DNN of the same model in the same rounds, best to best and "
-        "median to median; yolov3 uses seeded random weights (timing only); peak RSS is the "
-        "row's whole process (load, NNCF quantization for OpenVINO int8 used directly, runs)."
+        "median to median; yolov3 uses seeded random weights (timing only); OpenVINO models "
+        "(ours and the peers') are converted and quantized once beforehand in a process of their "
+        "own, as a provisioning step would, so load s and peak RSS are the row's own process: "
+        "load from the prepared model, warm-up and runs."
     )
     lines += [
         "",

@@ -189,7 +189,8 @@ def run_layout(model: str, layout: str, args, name: str, data: bytes, folder: Pa
         settings["DETECTOR_ENGINE"] = args.engine
     process, url = start_server(workers, threads, settings, log)
     try:
-        engine = httpx.get(url + "/version", timeout=10).json().get("engine", "?")
+        info = httpx.get(url + "/version", timeout=10).json()
+        engine = "-".join(str(info[k]) for k in ("engine", "precision") if info.get(k)) or "?"
         load(url, name, data, args.concurrency, min(5.0, args.duration / 2))  # warm-up
         windows = [
             window_figures(load(url, name, data, args.concurrency, args.duration))

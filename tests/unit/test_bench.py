@@ -16,12 +16,16 @@ from bench import report
 from bench import serving_bench
 
 BF16_CPU = {"avx2", "avx512f", "avx512_bf16", "avx512_vnni"}
-ALL_ENGINES = ("auto", "torch", "opencv", "openvino")
-ALL_PRECISIONS = ("auto", "fp32", "bf16", "int8")
+ALL_ENGINES = {
+    "torch": ("fp32", "bf16"),
+    "opencv": ("fp32",),
+    "openvino": ("fp32", "bf16", "int8"),
+}
 
 
 def test_rows_cover_every_engine_and_precision_of_ours_and_the_peers():
-    rows = model_bench.default_rows(BF16_CPU, ALL_ENGINES, ALL_PRECISIONS, quick=False)
+    assert model_bench.engine_precisions()["torch"] == ("fp32", "bf16")
+    rows = model_bench.default_rows(BF16_CPU, ALL_ENGINES)
     assert rows == [
         "openvino-fp32",
         "openvino-bf16",
@@ -34,12 +38,12 @@ def test_rows_cover_every_engine_and_precision_of_ours_and_the_peers():
         "ov-direct-fp32",
         "ov-direct-bf16",
         "ov-direct-int8",
-        "torch-unfused",
     ]
 
 
-def test_rows_without_native_bf16_or_openvino_engine_or_in_quick_mode():
-    rows = model_bench.default_rows({"avx2"}, ("auto", "torch", "opencv"), ("fp32", "bf16"), True)
+def test_rows_without_native_bf16_or_openvino_engine():
+    engines = {"torch": ("fp32", "bf16"), "opencv": ("fp32",)}
+    rows = model_bench.default_rows({"avx2"}, engines)
     assert rows == ["torch-fp32", "opencv-fp32", "auto", "opencv-dnn-direct"] + [
         "ov-direct-fp32",
         "ov-direct-int8",
