@@ -6,6 +6,8 @@ Fixtures:
   ``.dns.server``/``.dns.port``/``.dns.tsig``, ``.ssh(host, cmd)``, ``.variables()``.
 - ``testbed_hosts``: factory ``testbed_hosts(n, fresh=False)``: the first n hosts (booting more if
   the bed has fewer), or n newly booted bare hosts with ``fresh=True``.
+- ``ops``: one host provisioned with the bed's variables and one release deployed by fab, shared by
+  test_operations and test_overload (overload only reads: load, unit properties).
 Every test in tests/e2e is marked ``e2e``. Without root or the tools, the fixtures skip, naming
 what is missing (``make setup`` installs the Makefile's APT_PACKAGES).
 """
@@ -93,3 +95,11 @@ def testbed_hosts(testbed: Testbed):
         return testbed.hosts[:count]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def ops(testbed: Testbed, testbed_hosts, tmp_path_factory):
+    """A provisioned host with one release deployed, provisioned once for the session."""
+    from tests.e2e.test_operations import provision_ops
+
+    return provision_ops(testbed, testbed_hosts, tmp_path_factory)

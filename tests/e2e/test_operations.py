@@ -61,9 +61,8 @@ class Ops:
         return run
 
 
-@pytest.fixture(scope="module")
-def ops(testbed, testbed_hosts, tmp_path_factory) -> Ops:
-    """A freshly provisioned host with one release deployed by fab."""
+def provision_ops(testbed, testbed_hosts, tmp_path_factory) -> Ops:
+    """A freshly provisioned host with one release deployed by fab (conftest's session `ops`)."""
     if not (ROOT / "weights" / f"{MODEL}.weights").is_file():
         pytest.skip(f"weights/{MODEL}.weights is missing: run `make setup` (make weights)")
     bed_host = testbed_hosts(1, fresh=True)[0]

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import statistics
+import subprocess
 import threading
 import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
 
 from deploy import commands
 from deploy import health
-from tests.e2e import test_operations
 from tests.e2e.test_deploy import ROOT
 from tests.e2e.test_operations import SMOKE
 from tests.e2e.test_operations import Ops
 
-ops = test_operations.ops  # the module fixture: a provisioned host, one release deployed
 REPORT = ROOT / "test-artifacts" / "overload-testbed.txt"
 LOAD_S = 15
 REFUSED = (429, 503)  # nginx's limits, the service's admission gate
@@ -107,11 +111,7 @@ def test_excess_load_is_refused_at_once_with_retry_after_and_admitted_requests_s
 
 
 def test_the_live_unit_continues_on_a_worker_oom_kill_and_both_colors_fit(ops: Ops):
-    """What systemd made of the deployed unit (a genuine cgroup OOM kill needs a cgroup v2 host).
-
-    On the test bed the memory controller is cgroup v1, mounted read-only in the container: no
-    unit gets a memory cgroup (MemoryCurrent is not set), so the kernel cannot OOM-kill inside it.
-    """
+    """What systemd made of the deployed unit (the genuine OOM kill: the next test)."""
     unit = _live_unit(ops)
     props = ops.sh(f"systemctl show -p OOMPolicy,MemoryMax,MemoryHigh,ActiveState {unit}")
     shown = dict(line.split("=", 1) for line in props.split())
@@ -121,3 +121,94 @@ def test_the_live_unit_continues_on_a_worker_oom_kill_and_both_colors_fit(ops: O
     assert 0 < high < limit, props
     total_kb = int(ops.sh("awk '$1 == \"MemTotal:\" {print $2}' /proc/meminfo"))
     assert 2 * limit <= total_kb * 1024, f"both colors' MemoryMax exceed MemTotal {total_kb} kB"
+    config = ops.sh("sudo cat /etc/detector/detector.toml")
+    workers, threads = (
+        int(re.search(rf"^{key} = (\d+)$", config, re.M).group(1))
+        for key in ("workers", "worker_threads")
+    )
+    upstream = ops.sh("cat /etc/nginx/detector-upstream.conf")
+    assert f".sock max_conns={workers * threads};" in upstream, upstream  # nginx bounds the queue
+    assert "zone " in upstream, upstream  # counted over all nginx workers
+
+
+def _give_the_host_its_memory_controller(ops: Ops) -> None:
+    """Let the host's systemd enforce MemoryMax (test bed only; a VM has this from boot).
+
+    This machine mounts the memory controller as cgroup v1 (it cannot join cgroup v2 while v1
+    holds it), and systemd-nspawn mounts v1 controllers read-only in a container, so systemd
+    there creates no memory cgroups. Remounting that mount read-write in the host's mount
+    namespace and re-executing systemd makes it create them and write memory.limit_in_bytes
+    from MemoryMax (the kernel then OOM-kills inside the unit, as on a real machine).
+    """
+    if Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        return  # cgroup v2 here: nspawn delegates the host's subtree (memory included)
+    if not Path("/sys/fs/cgroup/memory").is_dir():
+        pytest.skip("this machine has no memory cgroup controller: MemoryMax cannot be enforced")
+    nspawn = ops.bed.status()["processes"][f"nspawn-{ops.bed_host.name}"]
+    init = Path(f"/proc/{nspawn}/task/{nspawn}/children").read_text().split()[0]
+    subprocess.run(
+        ["nsenter", "-t", init, "-m", "--", "mount", "-o", "remount,bind,rw"]
+        + ["/sys/fs/cgroup/memory"],
+        check=True,
+    )
+    ops.sh("sudo systemctl daemon-reexec")
+
+
+def _big_decode() -> bytes:
+    """A 49 MP gradient PNG (small upload, ~150 MB of RGB to decode: under max_pixels)."""
+    buf = io.BytesIO()
+    Image.linear_gradient("L").resize((7000, 7000)).convert("RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_a_worker_over_memory_max_is_oom_killed_and_the_service_goes_on(ops: Ops):
+    """A real kernel OOM kill inside the live unit: its MemoryMax lowered (a runtime drop-in,
+    as `systemctl set-property` writes) to just above what it uses, then a real upload whose
+    decode needs more. The worker dies, the master and the unit stay, gunicorn forks a new
+    worker, and the service answers again."""
+    _give_the_host_its_memory_controller(ops)
+    unit = _live_unit(ops)
+    original = ops.sh(f"systemctl show -p MemoryMax --value {unit}").strip()
+    ops.sh(f"sudo systemctl set-property --runtime {unit} MemoryMax={original}")  # realize it
+    current = int(ops.sh(f"systemctl show -p MemoryCurrent --value {unit}").strip())
+    cgroup = f"/sys/fs/cgroup/memory/system.slice/{unit}"
+    master = ops.sh(f"systemctl show -p MainPID --value {unit}").strip()
+    before = set(ops.sh(f"cat /proc/{master}/task/{master}/children").split())
+    image = _big_decode()
+    limit = current + 96 * 1024 * 1024
+    try:
+        ops.sh(f"sudo systemctl set-property --runtime {unit} MemoryMax={limit}")
+        assert int(ops.sh(f"cat {cgroup}/memory.limit_in_bytes")) <= limit  # enforced
+        answer = _timed_detect(ops, image)
+        oom = dict(line.split() for line in ops.sh(f"cat {cgroup}/memory.oom_control").splitlines())
+    finally:
+        ops.sh(f"sudo systemctl set-property --runtime {unit} MemoryMax={original}")
+    assert int(oom.get("oom_kill", "0")) >= 1, (oom, answer)  # the kernel killed in the unit
+    assert answer[0] in (502, 503), answer  # nginx: the worker died mid-request -> 503 JSON
+    assert ops.sh(f"systemctl show -p MainPID --value {unit}").strip() == master
+    assert ops.sh(f"systemctl is-active {unit}").strip() == "active"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        after = set(ops.sh(f"cat /proc/{master}/task/{master}/children").split())
+        if before - after and len(after) >= len(before):
+            break
+        time.sleep(1)
+    assert before - after, f"no worker was killed: {before} -> {after}"
+    assert len(after) >= len(before), f"gunicorn did not replace the killed worker: {after}"
+    deadline = time.monotonic() + 120
+    while _timed(ops.host)[0] != 200:
+        assert time.monotonic() < deadline, "the service did not answer again within 120 s"
+        time.sleep(1)
+    REPORT.with_name("overload-oom.txt").write_text(
+        f"unit {unit}: MemoryCurrent {current >> 20} MiB, MemoryMax lowered to {limit >> 20} "
+        f"MiB, a 49 MP PNG upload answered {answer[0]}; oom_control {oom}; workers "
+        f"{sorted(before)} -> {sorted(after)}; master {master} unchanged\n"
+    )
+
+
+def _timed_detect(ops: Ops, image: bytes) -> tuple[int, str]:
+    try:
+        res = health.detect(ops.host, 443, image, timeout=120)
+    except OSError as exc:
+        return 0, f"{type(exc).__name__}: {exc}"
+    return res.status, res.body[:200].decode(errors="replace")
