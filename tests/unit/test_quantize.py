@@ -68,6 +68,13 @@ def tiny_ov(fused_tiny):
     return get
 
 
+@pytest.fixture(scope="module")
+def int8_small(tiny_ov):
+    """yolov3-tiny quantized at SMALL on the first 8 calibration inputs."""
+    inputs = calibration.calibration_inputs(calibration.calibration_images()[:8], SMALL)
+    return quantize_int8(tiny_ov(SMALL), inputs)
+
+
 def test_calibration_and_gate_photos_are_disjoint_and_licensed():
     assert not set(calibration.CALIBRATION) & set(calibration.EVALUATION)
     shipped = {p.stem for p in calibration.PHOTO_DIR.glob("*.jpg")}
@@ -129,10 +136,8 @@ def test_head_convs_are_the_convs_before_the_yolo_layers(tiny_ov):
     assert ".15." in names[0] and ".22." in names[1]  # cfg layers 15 and 22 feed [yolo] 16, 23
 
 
-def test_quantize_int8_real_tiny(tiny_ov, fused_tiny):
-    fp32 = tiny_ov(SMALL)
-    inputs = calibration.calibration_inputs(calibration.calibration_images()[:8], SMALL)
-    int8 = quantize_int8(fp32, inputs)
+def test_quantize_int8_real_tiny(tiny_ov, fused_tiny, int8_small):
+    fp32, int8 = tiny_ov(SMALL), int8_small
     assert fake_quantizes(fp32) == 0  # the fp32 model is left alone
     assert fake_quantizes(int8) >= 13  # every conv's input (13 convs in tiny)
     image = calibration.evaluation_images()[0][1]
@@ -144,7 +149,7 @@ def test_quantize_int8_real_tiny(tiny_ov, fused_tiny):
         assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.95
 
 
-def test_ignore_heads_keeps_head_weights_in_float(tiny_ov):
+def test_ignore_heads_keeps_head_weights_in_float(tiny_ov, int8_small):
     fp32 = tiny_ov(SMALL)
     inputs = calibration.calibration_inputs(calibration.calibration_images()[:4], SMALL)
     int8 = quantize_int8(fp32, inputs, QuantizeOptions(ignore_heads=True))
@@ -155,7 +160,7 @@ def test_ignore_heads_keeps_head_weights_in_float(tiny_ov):
         assert weight.get_type_name() == "Constant"  # fp32 weights, no int8 decompression
         assert weight.get_element_type() == ov.Type.f32
         assert data.get_type_name() != "FakeQuantize"
-    assert fake_quantizes(int8) == fake_quantizes(quantize_int8(fp32, inputs)) - 2
+    assert fake_quantizes(int8) == fake_quantizes(int8_small) - 2
 
 
 @pytest.mark.slow  # ~15 s: quantization and 2 x 12 inferences at 416
