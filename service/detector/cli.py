@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import logging
 import sys
@@ -63,10 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     detect.add_argument(
         "--precision",
         choices=config_module.PRECISIONS,
-        help="torch precision (auto: bf16 on CPUs with native bf16)",
+        help="precision (auto: bf16 on CPUs with native bf16; int8: openvino)",
     )
     detect.add_argument(
-        "--inference-threads", dest="threads", type=int, help="inference threads (0 = automatic)"
+        "--inference-threads",
+        dest="threads",
+        type=int,
+        help="inference threads (default: every core)",
     )
     detect.add_argument(
         "--threads",
@@ -95,6 +99,23 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--quiet", action="store_true", help="no progress bar")
     fetch.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG)
 
+    prepare = sub.add_parser(
+        "prepare", help="build the configured model's OpenVINO cache (the provisioning runs it)"
+    )
+    prepare.add_argument("--model", help="model name from the weights manifest")
+    prepare.add_argument("--size", type=int, help="network input size, e.g. 416 or 608")
+    prepare.add_argument(
+        "--precision",
+        choices=config_module.ENGINE_PRECISIONS["openvino"],
+        action="append",
+        help="precision to prepare (repeatable; default: those the configured engine may use)",
+    )
+    prepare.add_argument("--weights-dir", help="folder of the manifest's weights files")
+    prepare.add_argument("--cfg", help="custom model: darknet .cfg file")
+    prepare.add_argument("--weights", help="custom model: darknet .weights file")
+    prepare.add_argument("--names", help="custom model: class names, one per line")
+    prepare.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG)
+
     sub.add_parser("serve", help="run the web service (options: detector serve --help)")
     for subparser in sub.choices.values():
         add_version(subparser)
@@ -107,11 +128,11 @@ def _settings(args: argparse.Namespace) -> config_module.Config:
     overrides = {
         "model": args.model,
         "size": args.size,
-        "engine": args.engine,
-        "precision": args.precision,
-        "threads": args.threads,
-        "threshold": args.threshold,
-        "nms_threshold": args.nms_threshold,
+        "engine": getattr(args, "engine", None),
+        "precision": args.precision if isinstance(args.precision, str) else None,
+        "threads": getattr(args, "threads", None),
+        "threshold": getattr(args, "threshold", None),
+        "nms_threshold": getattr(args, "nms_threshold", None),
         "weights_dir": args.weights_dir,
         "cfg": args.cfg,
         "weights": args.weights,
@@ -156,13 +177,16 @@ def _detect(args: argparse.Namespace) -> int:
     """Run the detector over each image and print a table or JSON lines."""
     from detector import drawing
     from detector import imaging
+    from detector.machine import cpu_count
     from detector.manifest import load_configured
 
     for name in args.images:  # fail before the model load, which takes seconds
         if not Path(name).is_file():
             raise FileNotFoundError(f"image {name} does not exist or is not a file")
     settings = _settings(args)
-    det = load_configured(settings)
+    # One process: inference gets every core (the config's `threads` is the serving per-worker
+    # share); --threads overrides.
+    det = load_configured(settings, workers=1, threads=args.threads or cpu_count())
     many = len(args.images) > 1
     for name in args.images:
         path = Path(name)
@@ -204,6 +228,37 @@ def _detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    """Build the OpenVINO cache of the configured model; one line per precision."""
+    from detector.machine import cpu_count
+    from detector.manifest import resolve_model
+    from detector.model import openvino_cache
+    from detector.model.engines import bf16_flag
+
+    settings = _settings(args)
+    if not openvino_cache.version():
+        print("openvino is not installed: nothing to prepare (pip install openvino)")
+        return 0
+    if settings.engine not in ("auto", "openvino") and not args.precision:
+        print(f"engine {settings.engine} needs no preparation")
+        return 0
+    precisions = args.precision or [settings.precision]
+    if precisions == ["auto"]:  # what auto may pick: int8 only where NNCF can quantize here
+        precisions = ["bf16" if bf16_flag() else "fp32"]
+        if importlib.util.find_spec("nncf"):
+            precisions.append("int8")
+        else:
+            print("openvino-int8: skipped: nncf is not installed (pip install nncf)")
+    from detector.model.openvino_engine import prepare_models
+
+    spec = resolve_model(settings)
+    cache = settings.openvino_cache_dir or None
+    results = prepare_models(spec.cfg, spec.weights, settings.size, precisions, cache, cpu_count())
+    for label, how, built in results:
+        print(f"{spec.name} {label}: {'built' if built else 'unchanged'}: {how}", flush=True)
+    return 0
+
+
 def _fetch(args: argparse.Namespace) -> int:
     """Fetch one model's weights into --dest and say whether anything changed."""
     from detector.fetch import fetch_weights
@@ -235,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         level = logging.INFO if debug else logging.WARNING
         logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
         args = _parser().parse_args(argv)
-        handler = {"detect": _detect, "fetch-weights": _fetch}[args.command]
+        handler = {"detect": _detect, "fetch-weights": _fetch, "prepare": _prepare}[args.command]
         return handler(args)
     except KeyboardInterrupt:
         print("detector: interrupted", file=sys.stderr)

@@ -18,9 +18,16 @@ else:  # pragma: no cover - Python 3.9/3.10 targets
 
 ENV_PREFIX = "DETECTOR_"
 CONFIG_ENV = "DETECTOR_CONFIG"
+ENGINES = ("auto", "torch", "opencv", "openvino")
 MIN_API_KEY_LENGTH = 16  # an API key shorter than this is refused at start
-ENGINES = ("auto", "torch", "opencv")
-PRECISIONS = ("auto", "fp32", "bf16")  # torch engine; auto = bf16 where the CPU has it natively
+PRECISIONS = ("auto", "fp32", "bf16", "int8")  # auto = bf16 where the CPU has it natively
+# The precisions each engine runs (and "auto"); any other engine/precision pair does not exist.
+ENGINE_PRECISIONS = {
+    "torch": ("fp32", "bf16"),
+    "opencv": ("fp32",),
+    "openvino": ("fp32", "bf16", "int8"),
+    "auto": ("fp32", "bf16", "int8"),
+}
 
 
 class ConfigError(ValueError):
@@ -34,11 +41,12 @@ class Config:
     model: str = "yolov3-tiny"
     size: int = 0  # network input size; 0 = take it from the cfg
     engine: str = "auto"
-    precision: str = "auto"  # torch engine: fp32, bf16, or auto (bf16 on amx/avx512_bf16 CPUs)
+    precision: str = "auto"  # fp32, bf16, int8 (openvino) or auto (bf16 on amx/avx512_bf16 CPUs)
     threads: int = 0  # torch/OpenCV threads per process; 0 = cores / workers, at least 1
     threshold: float = 0.25
     nms_threshold: float = 0.45
     weights_dir: str = "weights"
+    openvino_cache_dir: str = ""  # prepared OpenVINO models; empty = <weights dir>/.openvino
     cfg: str = ""  # custom model: cfg + weights + names replace `model`
     weights: str = ""
     names: str = ""
@@ -72,6 +80,13 @@ class Config:
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
+        allowed = ENGINE_PRECISIONS[self.engine]
+        if self.precision != "auto" and self.precision not in allowed:
+            raise ConfigError(
+                f"engine {self.engine} has no precision {self.precision!r} (it runs "
+                f"{', '.join(allowed)}); set precision to one of auto, {', '.join(allowed)}"
+                " or pick another engine"
             )
         if self.threads < 0:
             raise ConfigError(

@@ -173,4 +173,5 @@ def load_configured(config, *, workers: int = 1, threads: int = 0):
         threshold=config.threshold,
         nms_threshold=config.nms_threshold,
         name=spec.name,
+        cache_dir=config.openvino_cache_dir or None,
     )

@@ -86,6 +86,7 @@ class ModelHolder:
             threads,
             cfg.threshold,
             cfg.nms_threshold,
+            cfg.openvino_cache_dir,
         )
         with _CACHE_LOCK:
             detector = _CACHE.get(key)

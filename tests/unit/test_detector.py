@@ -17,14 +17,15 @@ from PIL import Image
 
 
 def test_auto_chooses_a_measured_engine(tiny_weights):
-    # fp32 pinned: no CPU flag decides it, and 64 GB hold one OpenCV worker, so both are timed.
+    # fp32 pinned: no CPU flag decides it, and 64 GB hold one OpenCV (and OpenVINO) worker, so
+    # every engine is timed.
     detector = load_detector(
         TINY_CFG, tiny_weights, COCO_NAMES, threads=2, precision="fp32", memory_mb=64_000
     )
-    assert detector.engine in ("torch", "opencv")
+    assert detector.engine in ("torch", "opencv", "openvino")
     reason = detector.engine_reason
     assert reason.startswith("auto: ") and "opencv" in reason and "torch-fp32" in reason
-    assert "memory fits" in reason
+    assert "OpenCV fits: 1 worker(s)" in reason
     assert detector.name == "yolov3-tiny" and detector.input_size == 416
     assert len(detector.class_names) == 80 and detector.class_names[0] == "person"
 
@@ -91,8 +92,8 @@ def test_concurrent_detect_gives_the_same_answer(tiny_detectors, skimage_photos)
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"engine": "onnx"}, "engine must be one of auto, torch, opencv, got 'onnx'"),
-        ({"precision": "int8"}, "precision must be one of auto, fp32, bf16"),
+        ({"engine": "onnx"}, "engine must be one of auto, torch, opencv, openvino, got 'onnx'"),
+        ({"precision": "fp16"}, "precision must be one of auto, fp32, bf16, int8"),
         ({"size": 400}, "size must be a positive multiple of 32, got 400"),
     ],
 )

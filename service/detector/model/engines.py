@@ -24,6 +24,12 @@ AUTO_MIN_RUNS, AUTO_MAX_RUNS, AUTO_BUDGET_S = 2, 5, 2.0
 # workspace). auto only tries OpenCV when every worker can hold this plus the torch model.
 OPENCV_BASE_MB, OPENCV_PER_WEIGHTS_MB = 330, 6.6
 RESERVE_MB = sizing.RESERVE_MB  # left to the OS, nginx and the gunicorn master (one rule)
+# Peak RSS of a worker with the OpenVINO engine from a warm cache (OpenVINO 2026.4, measured
+# with tests' random yolov3 weights, 248 MB): ~250 MB of process (torch + openvino imported) plus
+# the IR's constants and the CPU plugin's repacked copy: fp32 2.5 x the weights file (835 MB at
+# 416), bf16 1.4 x (the IR holds fp16 weights; 588 MB). int8 weights are a quarter of fp32.
+OPENVINO_BASE_MB = 250
+OPENVINO_PER_WEIGHTS = {"fp32": 2.5, "bf16": 1.4, "int8": 1.0}
 
 
 def cpu_flags() -> set[str]:
@@ -64,6 +70,28 @@ def opencv_fits(weights_bytes: int, workers: int, memory_mb: int = 0) -> tuple[b
         f"+ torch weights) vs {budget} MB ({total} MB RAM - {RESERVE_MB} MB reserve)"
     )
     return workers * need <= budget, words
+
+
+def openvino_footprint_mb(weights_bytes: int, precision: str) -> int:
+    """Return the estimated peak RSS of one worker running the OpenVINO engine (warm cache)."""
+    return round(OPENVINO_BASE_MB + OPENVINO_PER_WEIGHTS[precision] * weights_bytes / 2**20)
+
+
+def openvino_fits(
+    weights_bytes: int, workers: int, precision: str, memory_mb: int = 0
+) -> tuple[bool, str]:
+    """Return whether `workers` processes can each try OpenVINO next to the torch model, and why."""
+    total = memory_mb or memory_total_mb()
+    if not total:
+        return True, "memory size unknown"
+    torch_mb = round(weights_bytes / 2**20 / (2 if precision == "bf16" else 1))
+    engine_mb = openvino_footprint_mb(weights_bytes, precision)
+    budget = total - RESERVE_MB
+    words = (
+        f"{workers} worker(s) x ~{engine_mb + torch_mb} MB (OpenVINO-{precision} ~{engine_mb} MB "
+        f"+ torch weights) vs {budget} MB ({total} MB RAM - {RESERVE_MB} MB reserve)"
+    )
+    return workers * (engine_mb + torch_mb) <= budget, words
 
 
 class TorchEngine:
@@ -154,3 +182,57 @@ def choose(candidates: list, x: torch.Tensor) -> tuple[object, str]:
         f"interleaved runs at {size}, {torch.get_num_threads()} threads)"
     )
     return candidates[winner], reason
+
+
+def plan(
+    engine: str,
+    precision: str,
+    flag: str | None,
+    weights_bytes: int,
+    workers: int,
+    memory_mb: int = 0,
+    openvino: bool = True,
+    int8: tuple[bool, str] | None = None,
+) -> tuple[list[tuple[str, str]], str]:
+    """Return the (engine, precision) candidates to build and time, and why these.
+
+    `precision` is resolved (no "auto"); `openvino`: whether OpenVINO is importable; `int8`:
+    (passed, reason) of a prepared int8 model's accuracy gate, None when none is prepared. A
+    pinned engine is the only candidate; auto tries torch, OpenVINO where installed and where
+    its workers fit in memory (int8 too where its gate passed), and OpenCV (fp32 only) where
+    its workers fit.
+    """
+    if engine != "auto":
+        return [(engine, precision)], f"{engine}-{precision} as configured (engine={engine})"
+    if precision == "int8":
+        if not openvino:
+            raise ValueError("precision int8 needs the openvino engine: pip install openvino")
+        return [("openvino", "int8")], "auto: openvino-int8, the only engine with int8"
+    candidates = [("torch", precision)]
+    notes = []
+    if openvino:
+        fits, words = openvino_fits(weights_bytes, workers, precision, memory_mb)
+        if fits:
+            candidates.append(("openvino", precision))
+        notes.append(f"OpenVINO {'fits' if fits else 'not tried'}: {words}")
+        if int8 is None:
+            notes.append("no int8 model prepared (detector prepare)")
+        elif not int8[0]:
+            notes.append(f"int8 not tried: its gate {int8[1]}")
+        elif openvino_fits(weights_bytes, workers, "int8", memory_mb)[0]:
+            candidates.append(("openvino", "int8"))
+            notes.append(f"int8 gate {int8[1]}")
+    elif flag and precision == "bf16":
+        return candidates, "auto: torch-bf16 chosen by CPU flag, not timed (OpenVINO not installed)"
+    else:
+        notes.append("OpenVINO not installed")
+    if precision == "fp32":
+        fits, words = opencv_fits(weights_bytes, workers, memory_mb)
+        if fits:
+            candidates.append(("opencv", "fp32"))
+        notes.append(f"OpenCV {'fits' if fits else 'not tried'}: {words}")
+    else:
+        notes.append(f"OpenCV not tried: it has no {precision}")
+    if len(candidates) == 1:
+        return candidates, f"auto: torch-{precision}, the only candidate ({'; '.join(notes)})"
+    return candidates, "; ".join(notes)

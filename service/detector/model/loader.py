@@ -12,8 +12,13 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..config import ENGINE_PRECISIONS
+from ..config import ENGINES
+from ..config import PRECISIONS
 from ..detection import Detection
 from ..machine import cpu_count
+from . import openvino_cache
+from . import openvino_engine
 from .cfg import Yolo
 from .cfg import parse_cfg
 from .darknet import Darknet
@@ -21,7 +26,7 @@ from .engines import OpenCVEngine
 from .engines import TorchEngine
 from .engines import bf16_flag
 from .engines import choose
-from .engines import opencv_fits
+from .engines import plan
 from .postprocess import HeadSpec
 from .postprocess import decode
 from .postprocess import postprocess
@@ -31,8 +36,6 @@ from .weights import check_size
 from .weights import load_fused
 
 log = logging.getLogger(__name__)
-ENGINES = ("auto", "torch", "opencv")
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 class Detector:
@@ -144,24 +147,30 @@ def load_detector(
     precision: str = "auto",
     workers: int = 1,
     memory_mb: int = 0,
+    cache_dir: str | Path | None = None,
 ) -> Detector:
     """Build a detector from a darknet cfg + weights + names triple and run a warm-up inference.
 
-    :param engine: "torch", "opencv", or "auto": torch bf16 where the CPU has native bf16
-        (amx_bf16/avx512_bf16) and precision allows it; otherwise time both briefly and keep the
-        faster, unless `workers` OpenCV engines would not fit in memory (then torch, untimed).
+    :param engine: "torch", "opencv", "openvino", or "auto": time every engine that runs the
+        precision and whose `workers` copies fit in memory (engines.plan) and keep the fastest.
     :param size: network input size (multiple of 32); 0 takes width and height from the cfg.
-    :param threads: intra-op threads for torch and OpenCV; 0 = cores / workers (at least 1).
-    :param precision: torch engine: "fp32", "bf16", or "auto" (bf16 where the CPU has
+    :param threads: intra-op threads of every engine; 0 = cores / workers (at least 1).
+    :param precision: "fp32", "bf16", "int8" (openvino), or "auto" (bf16 where the CPU has
         amx_bf16 or avx512_bf16, else fp32).
     :param workers: processes that each load this model on this machine (memory and threads).
     :param memory_mb: RAM auto may plan with; 0 reads MemTotal (capped by a cgroup limit).
+    :param cache_dir: prepared OpenVINO models; None = <weights dir>/.openvino.
     :raise CfgError, WeightsError, ValueError: with a message naming the file and the problem.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto" and precision not in ENGINE_PRECISIONS[engine]:
+        raise ValueError(
+            f"engine {engine} has no precision {precision!r}; it runs "
+            f"{', '.join(ENGINE_PRECISIONS[engine])}"
+        )
     if threads < 0:
         raise ValueError(f"threads must be 0 (cores / workers) or positive, got {threads}")
     if size and (size < 32 or size % 32):
@@ -184,26 +193,48 @@ def load_detector(
         heads.append(HeadSpec(spec.anchors, spec.classes, spec.scale_x_y))
     flag = bf16_flag()
     if precision == "auto":
-        precision = "bf16" if flag else "fp32"
+        precision = "bf16" if flag and engine != "opencv" else "fp32"
     started = time.perf_counter()
-    build_torch, build_opencv, reason = _plan(
-        engine, precision, flag, weights_path, workers, memory_mb
+    try:
+        weights_bytes = weights_path.stat().st_size
+    except OSError as exc:
+        raise WeightsError(f"cannot read weights {weights_path}: {exc.strerror}") from None
+    has_openvino = bool(openvino_cache.version())
+    int8 = None
+    if engine == "auto" and precision != "int8" and has_openvino:
+        found = openvino_cache.prepare(cfg_path, weights_path, input_shape, "int8", cache_dir)
+        if found is not None:
+            int8 = (bool(found.gate and found.gate.passed), openvino_engine.gate_words(found.gate))
+        del found
+    specs, reason = plan(
+        engine, precision, flag, weights_bytes, workers, memory_mb, has_openvino, int8
     )
     candidates = []
-    if build_torch:
-        with torch.device("meta"):  # no allocation: load_fused installs the real parameters
-            model = Darknet(cfg)
-        load_fused(model, weights_path, torch.bfloat16 if precision == "bf16" else torch.float32)
-        candidates.append(TorchEngine(model, precision))
-        del model
-    if build_opencv:
-        import cv2
+    # OpenVINO first: a conversion (cache miss) frees its memory before torch loads its model.
+    for kind, kind_precision in sorted(specs, key=lambda spec: spec[0] != "openvino"):
+        if kind == "torch":
+            candidates.append(TorchEngine(_fused(cfg, weights_path, precision), precision))
+        elif kind == "opencv":
+            import cv2
 
-        cv2.setNumThreads(threads)
-        if not candidates:
+            cv2.setNumThreads(threads)
             with torch.device("meta"):
                 check_size(Darknet(cfg), weights_path)
-        candidates.append(OpenCVEngine(cfg, cfg_path, weights_path))
+            candidates.append(OpenCVEngine(cfg, cfg_path, weights_path))
+        else:
+            ov_engine, how = openvino_engine.load_engine(
+                cfg_path,
+                weights_path,
+                input_shape,
+                heads,
+                kind_precision,
+                flag,
+                threads,
+                cache_dir,
+                build=lambda: _fused(cfg, weights_path, "fp32"),
+            )
+            candidates.append(ov_engine)
+            reason += f"; openvino model {how}"
     x, _ = letterbox(Image.new("RGB", input_shape, (127, 127, 127)), *input_shape)
     for candidate in candidates:
         candidate(x)  # the first run allocates, creates and caches kernels
@@ -212,12 +243,11 @@ def load_detector(
         chosen = candidates[0]
     else:
         chosen, timed = choose(candidates, x)
-        reason = f"{timed}; memory fits: {reason}"
-    if chosen.name == "torch":
-        if chosen.precision == "fp32":
-            reason += f"; fp32 ({'as configured' if flag else 'no amx_bf16/avx512_bf16'})"
-        else:
-            reason += f"; bf16 convolutions (CPU flag {flag or 'missing: emulated, slow'})"
+        reason = f"{timed}; {reason}"
+    if chosen.precision == "fp32" and chosen.name != "opencv":
+        reason += f"; fp32 ({'as configured' if flag else 'no amx_bf16/avx512_bf16'})"
+    elif chosen.precision == "bf16":
+        reason += f"; bf16 convolutions (CPU flag {flag or 'missing: emulated, slow'})"
     if len(candidates) > 1:
         candidates.clear()  # the loser's memory goes back to the OS
         release_memory()
@@ -242,25 +272,9 @@ def load_detector(
     return detector
 
 
-def _plan(
-    engine: str,
-    precision: str,
-    flag: str | None,
-    weights_path: Path,
-    workers: int,
-    memory_mb: int,
-) -> tuple[bool, bool, str]:
-    """Return (build torch, build OpenCV, reason) for the configured engine and this machine."""
-    if engine != "auto":
-        label = f"torch-{precision}" if engine == "torch" else "opencv"
-        return engine == "torch", engine == "opencv", f"{label} as configured (engine={engine})"
-    if flag and precision == "bf16":
-        return True, False, "auto: torch-bf16 chosen by CPU flag, not timed"
-    try:
-        weights_bytes = weights_path.stat().st_size
-    except OSError as exc:
-        raise WeightsError(f"cannot read weights {weights_path}: {exc.strerror}") from None
-    fits, words = opencv_fits(weights_bytes, workers, memory_mb)
-    if not fits:
-        return True, False, f"auto: torch-{precision}, OpenCV not tried: {words} does not fit"
-    return True, True, words
+def _fused(cfg, weights_path: Path, precision: str) -> Darknet:
+    """Return the darknet model with batch norm folded, in the precision's dtype."""
+    with torch.device("meta"):  # no allocation: load_fused installs the real parameters
+        model = Darknet(cfg)
+    load_fused(model, weights_path, torch.bfloat16 if precision == "bf16" else torch.float32)
+    return model
