@@ -190,6 +190,8 @@ def _paths(labels: list[str] | None) -> dict:
                             "maximum": 1,
                             "description": "Default 0.40; never below the server's floor.",
                         },
+                        "classes": options["classes"],
+                        "max_detections": options["max_detections"],
                         "api_key": {"type": "string", "description": "An API key."},
                     },
                     raw=False,

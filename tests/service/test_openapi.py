@@ -91,7 +91,7 @@ def open_cases(photo: bytes) -> list[Case]:
         ("/api/v1/detect", "file", {"threshold": "0.3", "classes": "cup", "max_detections": "1"}),
         ("/?detections=1", "file", {"classes": "cup,person", "orientation": "1"}),
         ("/", "file", {}),
-        ("/v1/vision/detection", "image", {"min_confidence": "0.5"}),
+        ("/v1/vision/detection", "image", {"min_confidence": "0.5", "classes": "cup"}),
     ):
         cases += [
             Case("post", path, 200, files={field: ("a.jpg", photo, "image/jpeg")}),
