@@ -129,7 +129,12 @@ def worker(spec: dict) -> None:
     if openmp.TORCH_LOADED_FIRST:
         raise RuntimeError("torch was imported before detector.model: OMP_WAIT_POLICY not set")
     started = time.perf_counter()
-    run, engine, reason = pipelines.build(spec)
+    try:
+        run, engine, reason = pipelines.build(spec)
+    except Exception as exc:  # the row cannot run here (e.g. int8 refused by its gate): say why
+        proto.write(json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n")
+        proto.flush()
+        raise
     load_s = time.perf_counter() - started
     images = {k: Path(v).read_bytes() for k, v in spec["images"].items()}
     for _ in range(spec["warmup"]):
@@ -179,6 +184,10 @@ class Row:
         ready, _, _ = select.select([self.process.stdout], [], [], timeout)
         line = self.process.stdout.readline() if ready else b""
         if not line:
+            try:
+                self.process.wait(10)  # it may be exiting after a failure: report its own code
+            except subprocess.TimeoutExpired:
+                pass
             self.stop()
             raise RuntimeError(f"no answer (exit {self.process.returncode}); see {self.log.name}")
         return json.loads(line)

@@ -93,8 +93,8 @@ def render(results: list[dict], header: list[str]) -> str:
         name = pipelines.label(r["row"])
         s = stats.get((r["model"], r["row"]))
         if s is None:
-            problem = r.get("error", "no runs")[:100].replace("|", "/")
-            lines.append(f"| {r['model']} | {name} | failed: {problem} ||||||||||")
+            problem = r.get("error", "no runs")[:220].replace("|", "/")
+            lines.append(f"| {r['model']} | {name} | not run: {problem} ||||||||||")
             continue
         base = stats.get((r["model"], BASE), {})
         big = f"{s['12MP']:.0f}" if "12MP" in s else "–"

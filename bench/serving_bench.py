@@ -26,6 +26,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "service" / "detector" / "data"
 DOG = ROOT.parent / "shared" / "testdata" / "dog.jpg"
+BENCH_DIR = ROOT / "weights" / ".bench"  # seeded random weights, kept between runs
 LAYOUTS = "2x1"  # workers x threads per worker
 MODELS = "yolov3-tiny,yolov3"
 DURATION_ENV = "BENCH_SERVING_SECONDS"
@@ -53,14 +54,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def model_env(model: str, folder: Path) -> dict[str, str]:
+def model_env(model: str) -> dict[str, str]:
     """DETECTOR_* settings serving `model`: its weights in weights/, else seeded random ones."""
     if (ROOT / "weights" / f"{model}.weights").is_file():
         return {"DETECTOR_MODEL": model, "DETECTOR_WEIGHTS_DIR": str(ROOT / "weights")}
     from detector.model.random_weights import write_random_weights
 
-    weights = folder / f"{model}.weights"  # a weights dir of its own: the engine caches beside it
+    # The model benchmark's file (weights/.bench): the OpenVINO cache beside it is reused.
+    weights = BENCH_DIR / f"{model}-random.weights"
     if not weights.exists():
+        BENCH_DIR.mkdir(parents=True, exist_ok=True)
         write_random_weights(DATA / f"{model}.cfg", weights)
     return {
         "DETECTOR_CFG": str(DATA / f"{model}.cfg"),
@@ -181,10 +184,10 @@ def window_figures(window: dict) -> dict:
     }
 
 
-def run_layout(model: str, layout: str, args, name: str, data: bytes, folder: Path, log) -> dict:
+def run_layout(model: str, layout: str, args, name: str, data: bytes, log) -> dict:
     """Benchmark one model and worker layout on its own server: warm-up, then the windows."""
     workers, threads = (int(n) for n in layout.split("x"))
-    settings = model_env(model, folder)
+    settings = model_env(model)
     if args.engine:
         settings["DETECTOR_ENGINE"] = args.engine
     process, url = start_server(workers, threads, settings, log)
@@ -273,11 +276,11 @@ def main(argv: list[str] | None = None) -> str:
     log_file = tempfile.NamedTemporaryFile(
         "w", prefix="serving-bench-", suffix=".log", delete=False
     )
-    with tempfile.TemporaryDirectory(prefix="serving-bench-") as folder, log_file as log:
+    with log_file as log:
         for model in [m for m in args.models.split(",") if m]:
             for layout in args.layouts.split(","):
                 print(f"bench: serving {model} {layout} ...", file=sys.stderr, flush=True)
-                results.append(run_layout(model, layout, args, name, data, Path(folder), log))
+                results.append(run_layout(model, layout, args, name, data, log))
     report = table(results, args, name)
     print(report, flush=True)
     return report

@@ -80,7 +80,7 @@ def test_render_states_ratios_to_opencv_dnn_and_auto_against_openvino_direct():
     text = report.render(results, ["CPU: test"])
     auto_line = next(line for line in text.splitlines() if "| detector auto |" in line)
     assert "| 0.25× | 0.25× |" in auto_line  # 90 / 360 best, 100 / 400 median
-    assert "failed: no answer (exit 1)" in text
+    assert "not run: no answer (exit 1)" in text
     assert "auto: because" in text
     verdict = next(line for line in text.splitlines() if line.startswith("- yolov3-416: auto"))
     assert "fastest OpenVINO used directly is ov-direct-int8 80 ms" in verdict
@@ -146,6 +146,6 @@ def test_model_bench_runs_tiny_interleaved_against_opencv_and_openvino(tiny_weig
         ]
     )
     rows = [line for line in text.splitlines() if line.startswith("| yolov3-tiny-416 |")]
-    assert len(rows) == 3 and not any("failed" in line for line in rows), text
+    assert len(rows) == 3 and not any("not run" in line for line in rows), text
     assert "| 1.00× | 1.00× |" in rows[0]
     assert "openvino-direct-fp32" in rows[1] and "torch-fp32" in rows[2]
