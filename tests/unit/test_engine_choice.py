@@ -80,10 +80,10 @@ def test_plan_keeps_a_pinned_engine():
 
 
 def test_openvino_budget_from_measured_footprints():
-    # measured yolov3-416 from a warm cache: fp32 835 MB, bf16 588 MB peak RSS
-    assert 800 < openvino_footprint_mb(YOLOV3_BYTES, "fp32") < 900
-    assert 550 < openvino_footprint_mb(YOLOV3_BYTES, "bf16") <= 600
-    assert openvino_fits(YOLOV3_BYTES, 2, "bf16", 2048)[0] is True
+    # measured yolov3-416 workers from a warm cache: fp32 973 MB, bf16 728 MB peak RSS
+    assert 950 < openvino_footprint_mb(YOLOV3_BYTES, "fp32") < 1000
+    assert 700 < openvino_footprint_mb(YOLOV3_BYTES, "bf16") < 750
+    assert openvino_fits(YOLOV3_BYTES, 2, "bf16", 2560)[0] is True
     fits, words = openvino_fits(YOLOV3_BYTES, 4, "fp32", 2048)
     assert not fits and words.startswith("4 worker(s) x ~")
 
