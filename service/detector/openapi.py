@@ -268,7 +268,8 @@ def document(app: Flask) -> dict:
             "version": __version__,
             "description": "YOLOv3 object detection. The server's score threshold (the floor of "
             f"every request's threshold) is {config.threshold:g}; uploads up to "
-            f"{config.max_upload_bytes} bytes and {config.max_pixels} pixels.",
+            f"{config.max_upload_bytes} bytes and {config.max_pixels} pixels. Behind nginx "
+            "(production) a client may also get nginx's 429 (rate limit) or 502/503 JSON.",
         },
         "paths": paths,
         "components": components(),
