@@ -29,6 +29,8 @@ from flask import Flask
 from flask import request
 
 from .config import Config
+from .errors import DRAIN_FACTOR
+from .errors import drain_body
 from .errors import error_response
 
 # The views that run the model (blueprint.function names).
@@ -105,6 +107,9 @@ def register(app: Flask, config: Config) -> None:
             return None
         else:
             message = "the API key is not valid; check it against the server's detector_api_keys"
+        # An unread body (a raw image posted with the key in a header) would be parsed as the
+        # keep-alive client's next request: read and drop it (bounded) before answering.
+        drain_body(DRAIN_FACTOR * (app.config.get("MAX_CONTENT_LENGTH") or 0))
         response = error_response(401, message)
         response.headers["WWW-Authenticate"] = REALM
         return response

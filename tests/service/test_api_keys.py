@@ -251,8 +251,14 @@ def test_live_socket_keys_and_logs(live_socket, small_jpeg):
                 headers=proxied,
             ).status_code,
         }
+        # A raw image body refused for its missing key must not poison the kept-alive connection.
+        raw = http.post(
+            url, content=small_jpeg, headers={**proxied, "Content-Type": "image/jpeg"}
+        ).status_code
+        codes["raw-then-next"] = (raw, http.get(server.url + "/healthz").status_code)
     server.stop()  # flush and close the log
     assert codes == {
+        "raw-then-next": (401, 200),
         "socket-direct": 200,
         "proxied-none": 401,
         "proxied-wrong": 401,
