@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from detector.config import ConfigError
@@ -214,3 +218,17 @@ def test_service_passes_precision_and_workers_to_the_loader(tiny_weights):
         assert torch.get_num_threads() == max(1, cpu_count() // workers)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("omp_threads", "policy"), [("1", "ACTIVE"), ("2", "PASSIVE"), (None, "PASSIVE")]
+)
+def test_omp_wait_policy_follows_the_threads_per_process(omp_threads, policy):
+    # a serving worker with one thread (the unit's OMP_NUM_THREADS=1) vs the CLI (every core)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    if omp_threads:
+        env["OMP_NUM_THREADS"] = omp_threads
+    code = "import os, detector.model; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == policy
