@@ -294,3 +294,23 @@ def test_yolov3_random_raw_maps_match_oracle(yolov3_random_weights, coco_names, 
     for got, expected in zip(_maps(detector, torch.from_numpy(blob)), want):
         assert expected.std() > 0.5
         np.testing.assert_allclose(got, expected, atol=1e-2, rtol=1e-3)  # as torch's oracle test
+
+
+def test_auto_leaves_out_an_openvino_that_fails_to_load(tiny_weights, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("Exception from src/inference/src/core.cpp: no CPU plugin")
+
+    monkeypatch.setattr("detector.model.loader.openvino_engine.load_engine", broken)
+    detector = load_detector(
+        TINY_CFG, tiny_weights, COCO_NAMES, precision="fp32", threads=1, size=128,
+        memory_mb=64_000, cache_dir=tmp_path,
+    )  # fmt: skip
+    assert detector.engine in ("torch", "opencv")
+    assert "openvino-fp32 left out: it failed to load (Exception from src/inference" in (
+        detector.engine_reason
+    )
+    with pytest.raises(RuntimeError, match="no CPU plugin"):
+        load_detector(
+            TINY_CFG, tiny_weights, COCO_NAMES, engine="openvino", precision="fp32",
+            cache_dir=tmp_path,
+        )  # fmt: skip

@@ -222,17 +222,24 @@ def load_detector(
                 check_size(Darknet(cfg), weights_path)
             candidates.append(OpenCVEngine(cfg, cfg_path, weights_path))
         else:
-            ov_engine, how = openvino_engine.load_engine(
-                cfg_path,
-                weights_path,
-                input_shape,
-                heads,
-                kind_precision,
-                flag,
-                threads,
-                cache_dir,
-                build=lambda: _fused(cfg, weights_path, "fp32"),
-            )
+            try:
+                ov_engine, how = openvino_engine.load_engine(
+                    cfg_path,
+                    weights_path,
+                    input_shape,
+                    heads,
+                    kind_precision,
+                    flag,
+                    threads,
+                    cache_dir,
+                    build=lambda: _fused(cfg, weights_path, "fp32"),
+                )
+            except Exception as exc:  # auto: an engine that cannot load is not a candidate
+                if engine != "auto":
+                    raise
+                log.warning("openvino-%s left out of auto: %s", kind_precision, exc)
+                reason += f"; openvino-{kind_precision} left out: it failed to load ({exc})"
+                continue
             candidates.append(ov_engine)
             reason += f"; openvino model {how}"
     x, _ = letterbox(Image.new("RGB", input_shape, (127, 127, 127)), *input_shape)
