@@ -63,6 +63,15 @@ def uptime(since: str, now: datetime | None = None) -> str:
     return f"{secs // 86400}d {secs % 86400 // 3600}h {secs % 3600 // 60}m"
 
 
+def engine_label(version: dict) -> str:
+    """Return the engine a served /version reports, with its precision (e.g. openvino-bf16)."""
+    engine = version.get("engine")
+    if not engine:
+        return "- (model not loaded)"
+    precision = version.get("precision")
+    return f"{engine}-{precision}" if precision else engine
+
+
 def expiry_problem(served: cert.Served, now: datetime | None = None) -> str:
     """Why a served certificate fails `fab status` (under ALERT_DAYS days left), or ""."""
     days = served.days_left(now)
@@ -161,7 +170,7 @@ def report(c: Connection, host: Host) -> list[str]:
             lines.append(
                 f":{port} /readyz {ready.status}, release "
                 f"{ready.headers.get(health.RELEASE_HEADER.lower(), '-')}, "
-                f"model {info.get('model', '-')}"
+                f"model {info.get('model', '-')}, engine {engine_label(info)}"
             )
         except (OSError, ValueError) as exc:
             lines.append(f":{port} unreachable: {exc}")

@@ -83,6 +83,7 @@ def version():
         info.update(
             model=detector.name,
             engine=detector.engine,
+            precision=detector.precision,
             engine_reason=detector.engine_reason,
             input_size=detector.input_size,
         )

@@ -37,7 +37,7 @@ def _tls_server(tmp: Path, days: int):
 
     def app(environ, start_response):
         start_response("200 OK", [("Content-Type", "application/json")])
-        return [b'{"model": "yolov3-tiny"}']
+        return [b'{"model": "yolov3-tiny", "engine": "openvino", "precision": "bf16"}']
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(str(leaf), str(key))
@@ -134,5 +134,12 @@ def test_fab_status_exits_non_zero_on_a_failed_renewal_and_near_expiry(bed, tmp_
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "[web1] TLS: chain verified against" in proc.stdout
     assert f"[web1] cert :{port} serial" in proc.stdout
+    assert "model yolov3-tiny, engine openvino-bf16" in proc.stdout
     assert proc.stderr.startswith("error: web1: certificate renewal FAILED")
     assert f"web1: :{port} certificate expires" in proc.stderr
+
+
+def test_engine_label_names_engine_and_precision():
+    assert status.engine_label({"engine": "torch", "precision": "fp32"}) == "torch-fp32"
+    assert status.engine_label({"engine": "opencv"}) == "opencv"
+    assert status.engine_label({}) == "- (model not loaded)"
