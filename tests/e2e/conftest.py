@@ -7,7 +7,7 @@ Fixtures:
 - ``testbed_hosts``: factory ``testbed_hosts(n, fresh=False)``: the first n hosts (booting more if
   the bed has fewer), or n newly booted bare hosts with ``fresh=True``.
 - ``ops``: one host provisioned with the bed's variables and one release deployed by fab, shared by
-  test_operations and test_overload (overload only reads: load, unit properties).
+  test_operations and test_overload (module order: overload's load and OOM checks come last).
 Every test in tests/e2e is marked ``e2e``. Without root or the tools, the fixtures skip, naming
 what is missing (``make setup`` installs the Makefile's APT_PACKAGES).
 """
