@@ -5,19 +5,18 @@ from __future__ import annotations
 import datetime
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-REPO = Path(__file__).resolve().parents[2]
-ROLES = REPO / "ansible" / "roles"
+from tests.certbot_render import render
+from tests.certbot_render import template_task
+
 DOMAIN = "detector.test"
 
 
@@ -43,9 +42,6 @@ def _chain(path: Path, days: int) -> datetime.datetime:
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> Path:
     """The certbot role's state script and units rendered by ansible, pointed at a temp tree."""
-    playbook_bin = Path(sys.executable).parent / "ansible-playbook"
-    if not playbook_bin.exists():
-        pytest.skip("ansible-playbook is not installed in the venv; run `make setup`")
     out = tmp_path_factory.mktemp("alerts")
     templates = {
         "cert-state.sh.j2": "detector-cert-state",
@@ -53,49 +49,8 @@ def rendered(tmp_path_factory) -> Path:
         "renew.service.j2": "renew.service",
         "deploy-hook.sh.j2": "deploy-hook",
     }
-    play = [
-        {
-            "name": "Render the certificate alert files",
-            "hosts": "localhost",
-            "connection": "local",
-            "gather_facts": False,
-            "vars_files": [
-                str(ROLES / r / "defaults" / "main.yml") for r in ("detector", "certbot")
-            ],
-            "vars": {"_certbot_bin": "/opt/certbot/bin/certbot"},
-            "tasks": [
-                {
-                    "name": f"Render {dest}",
-                    "ansible.builtin.template": {
-                        "src": str(ROLES / "certbot" / "templates" / src),
-                        "dest": str(out / dest),
-                        "mode": "0755",
-                    },
-                }
-                for src, dest in templates.items()
-            ],
-        }
-    ]
-    (out / "render.yml").write_text(yaml.safe_dump(play))
-    overrides = {  # extra vars: they outrank the defaults loaded as vars_files
-        "detector_domain": DOMAIN,
-        "detector_tls_dir": str(out / "tls"),
-        "detector_cert_state_dir": str(out / "state"),
-        "detector_metrics_textfile_dir": str(out / "textfile"),
-        "certbot_state_script": str(out / "detector-cert-state"),
-    }
-    (out / "overrides.yml").write_text(yaml.safe_dump(overrides))
-    env = {**os.environ, "ANSIBLE_LOCAL_TEMP": str(out / ".tmp")}
-    env["ANSIBLE_CONFIG"] = str(REPO / "ansible.cfg")
-    result = subprocess.run(
-        [str(playbook_bin), "-i", "localhost,", str(out / "render.yml")]
-        + ["-e", f"ansible_python_interpreter={sys.executable}", "-e", f"@{out / 'overrides.yml'}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    tasks = [template_task(src, out / dest, "0755") for src, dest in templates.items()]
+    render(out, "Render the certificate alert files", tasks, detector_domain=DOMAIN)
     (out / "tls").mkdir()
     return out
 

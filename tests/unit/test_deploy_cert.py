@@ -5,80 +5,28 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from deploy import commands
 from deploy.status import RENEWAL_MARKER
+from tests.certbot_render import render
+from tests.certbot_render import template_task
 
-REPO = Path(__file__).resolve().parents[2]
-ROLES = REPO / "ansible" / "roles"
 SERVICE = "detector-certbot-renew.service"
 
 
 @pytest.fixture(scope="module")
 def units(tmp_path_factory) -> Path:
     """The timer's renewal unit, its two twins and the state script, rendered by ansible."""
-    playbook_bin = Path(sys.executable).parent / "ansible-playbook"
-    if not playbook_bin.exists():
-        pytest.skip("ansible-playbook is not installed in the venv; run `make setup`")
     out = tmp_path_factory.mktemp("renew-units")
-    template = str(ROLES / "certbot" / "templates" / "renew.service.j2")
-    tasks = [
-        {
-            "name": "Render the state script",
-            "ansible.builtin.template": {
-                "src": str(ROLES / "certbot" / "templates" / "cert-state.sh.j2"),
-                "dest": str(out / "detector-cert-state"),
-                "mode": "0755",
-            },
-        }
-    ]
+    tasks = [template_task("cert-state.sh.j2", out / "detector-cert-state", "0755")]
     for unit in (SERVICE, *(commands.renew_unit(SERVICE, f, not f) for f in (True, False))):
         instance = unit.partition("@")[2].removesuffix(".service")
-        tasks.append(
-            {
-                "name": f"Render {unit}",
-                "ansible.builtin.template": {"src": template, "dest": str(out / unit)},
-                "vars": {"_certbot_renew_flag": commands.RENEW_INSTANCES.get(instance, "")},
-            }
-        )
-    play = [
-        {
-            "name": "Render the renewal units",
-            "hosts": "localhost",
-            "connection": "local",
-            "gather_facts": False,
-            "vars_files": [
-                str(ROLES / r / "defaults" / "main.yml") for r in ("detector", "certbot")
-            ],
-            "vars": {"_certbot_bin": "/opt/certbot/bin/certbot"},
-            "tasks": tasks,
-        }
-    ]
-    (out / "render.yml").write_text(yaml.safe_dump(play))
-    overrides = {  # extra vars outrank the defaults loaded as vars_files
-        "detector_tls_dir": str(out / "tls"),
-        "detector_cert_state_dir": str(out / "state"),
-        "detector_metrics_textfile_dir": str(out / "textfile"),
-        "certbot_state_script": str(out / "detector-cert-state"),
-    }
-    (out / "overrides.yml").write_text(yaml.safe_dump(overrides))
-    env = {**os.environ, "ANSIBLE_LOCAL_TEMP": str(out / ".tmp")}
-    env["ANSIBLE_CONFIG"] = str(REPO / "ansible.cfg")
-    result = subprocess.run(
-        [str(playbook_bin), "-i", "localhost,", str(out / "render.yml")]
-        + ["-e", f"ansible_python_interpreter={sys.executable}", "-e", f"@{out / 'overrides.yml'}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return out
+        flag = commands.RENEW_INSTANCES.get(instance, "")
+        tasks.append(template_task("renew.service.j2", out / unit, _certbot_renew_flag=flag))
+    return render(out, "Render the renewal units", tasks)
 
 
 def _after_success(units: Path, unit: str) -> None:
