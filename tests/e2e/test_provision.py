@@ -82,14 +82,15 @@ def provisioned(testbed: Testbed, testbed_hosts, tmp_path_factory) -> Provisione
     return Provisioned(testbed, host, user, first)
 
 
-def served(bed: Testbed, address: str, port: int) -> tuple[dict, int, dict]:
-    """Connect with TLS verified against Pebble's root; return (cert, HTTP status, JSON body)."""
+def served(bed: Testbed, address: str, port: int, path: str = "/") -> tuple[dict, int, dict]:
+    """GET path with TLS verified against Pebble's root; return (cert, HTTP status, JSON body)."""
     guard(address)
     context = ssl.create_default_context(cafile=bed.acme.root_path)
     with socket.create_connection((address, port), timeout=10) as raw:
         with context.wrap_socket(raw, server_hostname=DOMAIN) as tls:
             cert = tls.getpeercert()
-            tls.sendall(f"GET / HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n".encode())
+            request = f"GET {path} HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n"
+            tls.sendall(request.encode())
             data = b""
             while chunk := tls.recv(65536):
                 data += chunk
@@ -266,6 +267,43 @@ def test_fab_deploy_status_and_forced_renewal_with_the_readme_commands(provision
     assert provisioned.bed.dns.tsig.secret not in output + renew.stderr
 
 
+OPENVINO_CACHE = "/var/lib/detector/weights/.openvino"  # detector_openvino_cache_dir's default
+
+
+def test_the_openvino_model_is_converted_once_and_reused(provisioned: Provisioned):
+    """Issue 14 on the user's host: the deploy's first start converted the model into the service
+    user's cache (nothing group/other-writable), `fab restart` starts from that cache (/version
+    says "cached", the manifests are untouched), and `fab status` names the served engine."""
+    user, address = provisioned.user, provisioned.host.address
+
+    def engine_reason() -> str:
+        _, code, info = served(provisioned.bed, address, 443, "/version")
+        assert code == 200, info
+        return info.get("engine_reason", "")
+
+    assert "openvino model" in engine_reason()
+    manifests = provisioned.sh(
+        f"sudo find {OPENVINO_CACHE} -name manifest.json -printf '%u %m %i %T@ %p\\n' | sort"
+    ).strip()
+    assert manifests, f"no converted model under {OPENVINO_CACHE}"
+    for line in manifests.splitlines():
+        owner, mode = line.split()[:2]
+        assert owner == "detector" and not int(mode, 8) & 0o022, line
+    restart = user.fab("restart")
+    assert restart.returncode == 0, _tail(restart)
+    reason = engine_reason()
+    assert "openvino model cached" in reason, reason
+    again = provisioned.sh(
+        f"sudo find {OPENVINO_CACHE} -name manifest.json -printf '%u %m %i %T@ %p\\n' | sort"
+    ).strip()
+    assert again == manifests, "a restart rebuilt the cache"
+    status = user.fab("status")
+    assert status.returncode == 0, _tail(status)
+    assert re.search(r"engine (torch|openvino|opencv)-(fp32|bf16|int8)", status.stdout), (
+        status.stdout
+    )
+
+
 KEYS_LINE = '# detector_api_keys: "{{ vault_detector_api_keys }}"'
 
 
@@ -307,6 +345,8 @@ def test_api_keys_from_the_vault_guard_deepstack_requests(provisioned: Provision
     variables.write_text(variables.read_text().replace(KEYS_LINE, KEYS_LINE[2:]))
     run = user.provision()
     assert run.returncode == 0, _tail(run)
+    assert "Prepare the OpenVINO models" in run.stdout  # a release exists now: the step runs
+    assert not [t for t in changed_tasks(run.stdout) if "OpenVINO" in t]  # and finds the cache
     deploy = user.fab("deploy")
     assert deploy.returncode == 0, _tail(deploy)
     assert "needs an API key (401 from" in deploy.stdout + deploy.stderr
