@@ -141,8 +141,8 @@ def bed_env(testbed, testbed_hosts, tmp_path_factory):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "provision.log").write_text(run.stdout + run.stderr)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
-    # fab's inventory: the bed's hosts, the same values as host vars (they outrank
-    # ansible/group_vars/all.yml), and short deadlines so failing gates end quickly.
+    # fab's inventory: the bed's hosts, the same values as host vars (they outrank the
+    # detector role's defaults), and short deadlines so failing gates end quickly.
     inv = work / "inventory"
     (inv / "host_vars").mkdir(parents=True)
     hosts = {"all": {"children": {"detector": {"hosts": {bed_host.name: {}}}}}}
