@@ -8,6 +8,7 @@ from pathlib import Path
 from flask import Flask
 
 from . import __version__
+from .deepstack import DEFAULT_MIN_CONFIDENCE
 from .options import MAX_DETECTIONS_LIMIT
 
 OPENAPI_VERSION = "3.1.0"
@@ -188,7 +189,8 @@ def _paths(labels: list[str] | None) -> dict:
                             "type": "number",
                             "minimum": 0,
                             "maximum": 1,
-                            "description": "Default 0.40; never below the server's floor.",
+                            "description": f"Default {DEFAULT_MIN_CONFIDENCE:.2f}; "
+                            "never below the server's floor.",
                         },
                         "classes": options["classes"],
                         "max_detections": options["max_detections"],

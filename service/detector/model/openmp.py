@@ -1,4 +1,4 @@
-"""Make torch's OpenMP threads sleep instead of spin between parallel regions (set before torch)."""
+"""Set OpenMP's wait policy (spin or sleep) by the process's thread layout, before torch loads."""
 
 from __future__ import annotations
 
