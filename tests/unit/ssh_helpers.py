@@ -88,3 +88,16 @@ class SshServer:
         self.sock.close()
         for transport in self.transports:
             transport.close()
+
+
+def local_server(tmp_path: Path) -> tuple[SshServer, Path]:
+    """Start an SshServer with fresh keys under tmp_path; return it and a known_hosts naming it.
+
+    The client key is tmp_path/id_ed25519; the caller points HOME at tmp_path and drops
+    SSH_AUTH_SOCK so that only this key is offered.
+    """
+    host_key = ed25519_key(tmp_path / "host_key")
+    server = SshServer(host_key, ed25519_key(tmp_path / "id_ed25519"))
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{server.port} {host_key.get_name()} {host_key.get_base64()}\n")
+    return server, known

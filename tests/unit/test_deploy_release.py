@@ -9,8 +9,7 @@ from pathlib import Path
 
 import paramiko
 import pytest
-from ssh_helpers import SshServer
-from ssh_helpers import ed25519_key
+from ssh_helpers import local_server
 
 from deploy import commands
 from deploy import history
@@ -58,10 +57,7 @@ def ssh_host(tmp_path, monkeypatch):
     """A real SSH server on 127.0.0.1 running commands here; the host's base env is this venv."""
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
-    host_key = ed25519_key(tmp_path / "host_key")
-    server = SshServer(host_key, ed25519_key(tmp_path / "id_ed25519"))
-    known = tmp_path / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{server.port} {host_key.get_name()} {host_key.get_base64()}\n")
+    server, known = local_server(tmp_path)
     host = Host(
         name="local",
         address="127.0.0.1",

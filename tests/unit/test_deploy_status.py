@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 from pki_helpers import DOMAIN
 from pki_helpers import make_pki
-from ssh_helpers import SshServer
-from ssh_helpers import ed25519_key
+from ssh_helpers import local_server
 
 from deploy import cert
 from deploy import inventory
@@ -51,10 +50,7 @@ def bed(tmp_path, monkeypatch):
     """An inventory naming a real SSH server and a real HTTPS server (10 days left) here."""
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
-    host_key = ed25519_key(tmp_path / "host_key")
-    ssh = SshServer(host_key, ed25519_key(tmp_path / "id_ed25519"))
-    known = tmp_path / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{ssh.port} {host_key.get_name()} {host_key.get_base64()}\n")
+    ssh, known = local_server(tmp_path)
     https, ca = _tls_server(tmp_path, days=10)
     state = tmp_path / "state"
     state.mkdir()

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ssh_helpers import SshServer
-from ssh_helpers import ed25519_key
+from ssh_helpers import local_server
 
 from deploy import commands
 from deploy import history
@@ -169,10 +168,7 @@ def ssh_site(tmp_path, monkeypatch):
     temp tree with releases A, C (complete), E (current through colors/blue) and their history."""
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
-    host_key = ed25519_key(tmp_path / "host_key")
-    server = SshServer(host_key, ed25519_key(tmp_path / "id_ed25519"))
-    known = tmp_path / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{server.port} {host_key.get_name()} {host_key.get_base64()}\n")
+    server, known = local_server(tmp_path)
     app = tmp_path / "app"
     for rid in (A, C, E):
         (app / "releases" / rid / "bin").mkdir(parents=True)
