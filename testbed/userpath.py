@@ -69,6 +69,7 @@ class UserInventory:
     inventory: Path
     password_file: Path
     known_hosts: Path
+    home: Path | None = None  # the user's HOME (their ~/.ssh/known_hosts); None: this one's
 
     def _inventory_arg(self) -> str:
         inside = self.inventory.is_relative_to(self.checkout)
@@ -78,6 +79,8 @@ class UserInventory:
         """The user's shell: the venv's tools first on PATH, nothing Ansible-specific set."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
         env.pop("DETECTOR_INVENTORY", None)
+        if self.home is not None:
+            env["HOME"] = str(self.home)
         return {**env, "PATH": f"{BIN}:{env.get('PATH', '')}", "ANSIBLE_NOCOLOR": "1"}
 
     def run(self, argv: Sequence[str], timeout: float = 1800) -> Run:
@@ -112,6 +115,16 @@ class UserInventory:
     def fab(self, *args: str, timeout: float = 1800) -> Run:
         """Run a fab task as the README prints it."""
         return self.run(self.fab_argv(*args), timeout=timeout)
+
+
+@dataclass
+class ReadmeHost:
+    """A fresh bed host provisioned by the README's command line, and the user's inventory."""
+
+    bed: Testbed
+    host: Host
+    user: UserInventory
+    provision: Run
 
 
 def known_hosts_for(recorded: Path, hosts: Sequence[Host], path: Path) -> Path:

@@ -8,6 +8,8 @@ Fixtures:
   the bed has fewer), or n newly booted bare hosts with ``fresh=True``.
 - ``ops``: one host provisioned with the bed's variables and one release deployed by fab, shared by
   test_operations and test_overload (module order: overload's load and OOM checks come last).
+- ``readme_host``: a fresh host provisioned the README's way (copied example inventory, encrypted
+  vault, its command line), shared by test_attacker and test_cert_alerts (each reads the state).
 Every test in tests/e2e is marked ``e2e``. Without root or the tools, the fixtures skip, naming
 what is missing (``make setup`` installs the Makefile's APT_PACKAGES).
 """
@@ -24,6 +26,11 @@ import pytest
 
 from testbed import Testbed
 from testbed import leftovers
+from testbed.provisioning import MODEL
+from testbed.provisioning import REPO
+from testbed.provisioning import wheelhouse_requirements
+from testbed.userpath import ReadmeHost
+from testbed.userpath import user_inventory
 
 TOOLS = (
     "systemd-nspawn",
@@ -103,3 +110,22 @@ def ops(testbed: Testbed, testbed_hosts, tmp_path_factory):
     from tests.e2e.test_operations import provision_ops
 
     return provision_ops(testbed, testbed_hosts, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def readme_host(testbed: Testbed, testbed_hosts, tmp_path_factory) -> ReadmeHost:
+    """A fresh host provisioned as the README says, once for the session (a ReadmeHost)."""
+    if not (REPO / "weights" / f"{MODEL}.weights").is_file():
+        pytest.skip(f"weights/{MODEL}.weights is missing: run `make setup` (make weights)")
+    host = testbed_hosts(1, fresh=True)[0]
+    work = tmp_path_factory.mktemp("readme-host")
+    testbed.build_wheelhouse(wheelhouse_requirements(work / "requirements.txt"))
+    user = user_inventory(testbed, [host], work)
+    run = user.provision()
+    logs = REPO / "test-artifacts" / "readme-host"
+    logs.mkdir(parents=True, exist_ok=True)
+    (logs / "provision.log").write_text(
+        f"# {run.seconds:.1f}s rc={run.returncode}\n" + run.stdout + run.stderr
+    )
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    return ReadmeHost(testbed, host, user, run)

@@ -18,11 +18,8 @@ from testbed import Testbed
 from testbed import acme
 from testbed.hosts import Host
 from testbed.hosts import ssh
-from testbed.provisioning import MODEL
-from testbed.provisioning import REPO
-from testbed.provisioning import wheelhouse_requirements
+from testbed.userpath import ReadmeHost
 from testbed.userpath import UserInventory
-from testbed.userpath import user_inventory
 
 HELPER = "/usr/local/sbin/detector-activate"
 INCLUDE = "/etc/nginx/detector-upstream.conf"
@@ -48,16 +45,10 @@ def _q(text: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def bed(testbed: Testbed, testbed_hosts, tmp_path_factory) -> Bed:
-    if not (REPO / "weights" / f"{MODEL}.weights").is_file():
-        pytest.skip(f"weights/{MODEL}.weights is missing: run `make setup` (make weights)")
-    host = testbed_hosts(1, fresh=True)[0]
-    work = tmp_path_factory.mktemp("attacker")
-    testbed.build_wheelhouse(wheelhouse_requirements(work / "requirements.txt"))
-    user = user_inventory(testbed, [host], work)
-    run = user.provision()
-    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
-    return Bed(testbed, host, dataclasses.replace(host, user="deploy"), user)
+def bed(readme_host: ReadmeHost) -> Bed:
+    """The session's README-path host (test_cert_alerts shares it: colors are read, not assumed)."""
+    host = readme_host.host
+    return Bed(readme_host.bed, host, dataclasses.replace(host, user="deploy"), readme_host.user)
 
 
 def test_sudo_lists_only_argument_free_or_validated_commands(bed: Bed):
@@ -149,22 +140,28 @@ def _serving(bed: Bed) -> str:
     return ""
 
 
+def _other(color: str) -> str:
+    return {"blue": "green", "green": "blue"}[color]
+
+
 def test_an_interrupted_switch_comes_back_consistent_after_a_reboot(bed: Bed):
     deploy = bed.user.fab("deploy")
     assert deploy.returncode == 0, (deploy.stdout + deploy.stderr)[-3000:]
-    assert bed.root(f"cat {RECORD}").strip() == "blue"
-    rid = bed.root("readlink -e /opt/detector/colors/blue").strip().rsplit("/", 1)[-1]
+    live = bed.root(f"cat {RECORD}").strip()  # blue on a fresh host; the record says which
+    idle = _other(live)
+    rid = bed.root(f"readlink -e /opt/detector/colors/{live}").strip().rsplit("/", 1)[-1]
+    assert _serving(bed) == rid
     # fab's switch, run by hand as the deploy user and "killed" after the helper wrote the
-    # record: green booted and made live, blue never stopped ...
+    # record: the idle color booted and made live, the old one never stopped ...
     steps = bed.attacker(
-        "ln -sfn $(readlink -e /opt/detector/colors/blue) /opt/detector/colors/green.tmp && "
-        "mv -T /opt/detector/colors/green.tmp /opt/detector/colors/green && "
-        "sudo -n /usr/bin/systemctl --no-pager start detector@green.service && "
-        f"sudo -n {HELPER} green"
+        f"ln -sfn $(readlink -e /opt/detector/colors/{live}) /opt/detector/colors/{idle}.tmp && "
+        f"mv -T /opt/detector/colors/{idle}.tmp /opt/detector/colors/{idle} && "
+        f"sudo -n /usr/bin/systemctl --no-pager start detector@{idle}.service && "
+        f"sudo -n {HELPER} {idle}"
     )
     assert steps.returncode == 0, steps.stderr
     # ... and worse than any SSH drop: power lost between the record and the include
-    stale = "upstream detector {\\n    server unix:/run/detector/blue.sock;\\n}\\n"
+    stale = f"upstream detector {{\\n    server unix:/run/detector/{live}.sock;\\n}}\\n"
     bed.root(f"printf '{stale}' > {INCLUDE}")
     bed.root("rm -f /opt/detector/current")
     bed.bed.reboot(bed.host)
@@ -172,17 +169,18 @@ def test_an_interrupted_switch_comes_back_consistent_after_a_reboot(bed: Bed):
     while time.monotonic() < deadline and _serving(bed) != rid:
         time.sleep(2)
     assert _serving(bed) == rid
-    assert bed.root(f"cat {RECORD}").strip() == "green"
-    assert "/run/detector/green.sock" in bed.root(f"cat {INCLUDE}")
-    assert bed.root("readlink /opt/detector/current").strip() == "/opt/detector/colors/green"
+    assert bed.root(f"cat {RECORD}").strip() == idle
+    assert f"/run/detector/{idle}.sock" in bed.root(f"cat {INCLUDE}")
+    assert bed.root("readlink /opt/detector/current").strip() == f"/opt/detector/colors/{idle}"
     state = bed.root(
-        "systemctl is-active detector@green.service detector@blue.service; "
-        "systemctl is-enabled detector@green.service detector@blue.service",
+        f"systemctl is-active detector@{idle}.service detector@{live}.service; "
+        f"systemctl is-enabled detector@{idle}.service detector@{live}.service",
         check=False,
     ).split()
     assert state == ["active", "inactive", "disabled", "disabled"], state
     status = bed.user.fab("status")
-    assert status.returncode == 0 and "live color green" in status.stdout, status.stdout[-2000:]
+    assert status.returncode == 0, status.stdout[-2000:]
+    assert f"live color {idle}" in status.stdout, status.stdout[-2000:]
     again = bed.user.fab("deploy")  # and the next deploy goes on from the record
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
-    assert bed.root(f"cat {RECORD}").strip() == "blue"
+    assert bed.root(f"cat {RECORD}").strip() == live
