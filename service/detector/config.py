@@ -63,7 +63,7 @@ class Config:
     detection_limit_s: float = 0.0
     # memory one worker's image decodes may use at once; more = 422 (default: the sizing rule's)
     decode_memory_mb: int = sizing.DECODE_MEMORY_MB
-    max_inflight: int = 0  # detections admitted at once per service (all workers); 0 = 2 per worker
+    max_inflight: int = 0  # detections admitted at once per service (all workers); 0 = 1 per worker
     # gunicorn (detector.gunicorn_conf reads these; the unit passes no flags of its own):
     worker_timeout_s: int = 120  # a worker silent this long is killed (hung loop watchdog)
     graceful_timeout_s: int = 60  # in-flight requests finish within this on stop/reload

@@ -13,9 +13,10 @@ Measured on 2 (shared) cores with yolov3-tiny, 4 clients: 2 workers x 1 thread b
 per process (cv2.dnn.Net is not thread-safe) and post-processing holds the GIL, so inference
 parallelism comes from workers; the extra threads keep light requests and 503s from queueing.
 
-Overload fails fast: limits.Gate admits at most max_inflight detections over all workers (2
-per worker) and answers the rest 503 + Retry-After at once; `worker_connections` (accepted
-connections per worker) and `backlog` (the listen queue) are small, so nothing waits minutes.
+Overload fails fast: limits.Gate admits at most max_inflight detections over all workers (1
+per worker: sizing.admitted) and answers the rest 503 + Retry-After at once;
+`worker_connections` (accepted connections per worker) and `backlog` (the listen queue) are
+small, so nothing waits minutes.
 The workers share their in-flight counters through an array the master creates before forking
 (one slot per worker, zeroed when the worker dies).
 
@@ -145,7 +146,7 @@ def pre_fork(server, worker) -> None:
 
 def post_fork(server, worker) -> None:
     """Make the worker count its detections in its slot against the service's capacity."""
-    capacity = _settings.max_inflight or sizing.DETECTIONS_PER_WORKER * server.cfg.workers
+    capacity = _settings.max_inflight or sizing.admitted(server.cfg.workers)
     limits.share(_counts, worker.detector_slot, capacity)
 
 

@@ -14,7 +14,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from multiprocessing.sharedctypes import RawArray
 
 from .errors import ApiError
-from .sizing import DETECTIONS_PER_WORKER
+from .sizing import admitted
 
 MAX_WORKER_SLOTS = 256  # in-flight counters shared by the workers of one gunicorn master
 WATCHDOG_EXIT_CODE = 70  # a worker that had to be cut off after its graceful exit (EX_SOFTWARE)
@@ -62,7 +62,7 @@ class Gate:
         if _shared:
             capacity = max_inflight or _shared["capacity"]
             return cls(capacity, _shared["counts"], _shared["slot"])
-        return cls(max_inflight or DETECTIONS_PER_WORKER * max(1, workers))
+        return cls(max_inflight or admitted(workers))
 
     @property
     def inflight(self) -> int:

@@ -10,11 +10,13 @@ Rule:
   may use at once (imaging.decode_cost, limits.MemoryBudget);
 - during a deploy both colors run (blue/green, each its own gunicorn with N workers), so each
   color gets (memory - reserve) / colors, and workers = min(cores, that / worker cost), >= 1;
-- the service admits DETECTIONS_PER_WORKER (2) detections per worker at once, one inferring
-  and one decoding or waiting for the worker's inference lock, and answers more 503 +
-  Retry-After (limits.Gate): an admitted request waits at most one inference, so its latency
-  stays within ~2x the unloaded one; each worker has one more thread for light requests
-  (health, metrics, 503 answers): threads = 3;
+- a worker runs one inference at a time (its inference lock; the torch threads split that one
+  inference), so the service admits DETECTIONS_PER_WORKER (1) detection per worker at once
+  (admitted(), the one place this is computed) and answers more 503 + Retry-After
+  (limits.Gate): an admitted request never waits behind another one's inference, so its
+  latency stays near the unloaded one (issue 13.8's bound is 2x; measured 2026-12-02, 1 worker
+  behind nginx, 6 clients: 1 per worker 0.93x, 2 per worker 2.26x); each worker has one more
+  thread for light requests (health, metrics, page assets, 503 answers): threads = 2;
 - nginx passes at most max_conns = workers x threads connections to one color at once (upstream
   max_conns): gunicorn never queues a connection, the excess gets nginx's 503 + Retry-After;
 - torch threads per worker = cores / workers, so workers never oversubscribe the cores;
@@ -38,7 +40,7 @@ DEFAULT_MODEL_MEMORY_MB = 1000  # custom models: a guess on the safe side
 MODEL_CPU_SECONDS = {"yolov3-tiny": 0.1, "yolov3": 0.75}  # per image, 1 thread
 DEFAULT_MODEL_CPU_SECONDS = 1.5
 DECODE_MEMORY_MB = 350  # config.decode_memory_mb's default (config takes it from here)
-DETECTIONS_PER_WORKER = 2
+DETECTIONS_PER_WORKER = 1  # one inference at a time per worker: see admitted()
 COLORS = 2
 
 
@@ -55,6 +57,11 @@ class Sizing:
     max_inflight: int  # detections admitted at once by one color (limits.Gate)
     max_conns: int  # connections nginx passes to one color at once (upstream max_conns)
     rate_per_s: int  # images per second the host can serve: nginx's per-client limit_req rate
+
+
+def admitted(workers: int) -> int:
+    """Return how many detections a service of `workers` workers admits at once (max_inflight)."""
+    return DETECTIONS_PER_WORKER * max(1, workers)
 
 
 def size(
@@ -93,7 +100,7 @@ def size(
         worker_memory_mb=cost,
         memory_max_mb=memory_max,
         memory_high_mb=memory_max * 7 // 8,
-        max_inflight=DETECTIONS_PER_WORKER * workers,
+        max_inflight=admitted(workers),
         max_conns=workers * request_threads,
         rate_per_s=max(1, int(cores / MODEL_CPU_SECONDS.get(model, DEFAULT_MODEL_CPU_SECONDS))),
     )

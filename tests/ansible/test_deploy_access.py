@@ -83,7 +83,8 @@ def rendered(tmp_path_factory) -> Path:
         }
         for name in ("sudoers.j2", "detector-activate.json.j2", "detector-live.service.j2")
     ]
-    result = _play(tmp, _inventory(tmp, {}), tasks)
+    # d1 was sized in this run (provision.yml's first play), d2 not: the lb bounds what it can.
+    result = _play(tmp, _inventory(tmp, {"_detector_sizing": {"max_conns": 4}}), tasks)
     assert result.returncode == 0, result.stdout + result.stderr
     return out
 
@@ -125,7 +126,7 @@ def test_helper_config_names_every_path_itself(rendered: Path):
     assert d1["current_link"] == "/opt/detector/current"
     lb = json.loads((rendered / "lb1-detector-activate.json.j2").read_text())
     assert lb["kind"] == "lb" and lb["record"] == "/var/lib/detector/lb-drained"
-    assert lb["servers"] == [["d1", "10.0.0.2"], ["d2", "192.168.7.3"]]
+    assert lb["servers"] == [["d1", "10.0.0.2", 4], ["d2", "192.168.7.3", 0]]
     unit = (rendered / "d1-detector-live.service.j2").read_text()
     assert "Before=nginx.service" in unit
     assert "ExecStart=/usr/local/sbin/detector-activate --boot" in unit
@@ -137,6 +138,33 @@ HOP_CHECK = [
         "ansible.builtin.include_tasks": str(ROLES / "nginx" / "tasks" / "backend.yml"),
     }
 ]
+
+
+BOUND_CHECK = [
+    task
+    for task in yaml.safe_load((ROLES / "deploy_access" / "tasks" / "helper.yml").read_text())
+    if task["name"] == "Check the load balancer knows each detector's connection bound"
+]
+
+
+def test_lb_refuses_to_run_without_each_detectors_connection_bound(tmp_path: Path):
+    """The lb bounds each detector at its sizing's max_conns (issue 13.8): a detector not
+    sized in this run (e.g. `--limit lb`) stops the run, naming it and both fixes."""
+    assert len(BOUND_CHECK) == 1
+    sized = {"_detector_sizing": {"max_conns": 4}}
+    result = _play(tmp_path, _inventory(tmp_path, sized), BOUND_CHECK)
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert "d2 was not sized in this run" in out and "deploy_access_lb_max_conns" in out
+    assert "d1 was not sized" not in out
+    result = _play(
+        tmp_path, _inventory(tmp_path, sized), BOUND_CHECK, {"_detector_sizing": {"max_conns": 2}}
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = _play(
+        tmp_path, _inventory(tmp_path, {}), BOUND_CHECK, {"deploy_access_lb_max_conns": 3}
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_lb_refuses_a_detector_reached_over_a_public_address(tmp_path: Path):

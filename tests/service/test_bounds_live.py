@@ -127,7 +127,7 @@ def test_overload_is_answered_503_with_retry_after_quickly():
                 started = time.perf_counter()
                 assert client.post(url, files={"file": ("c.jpg", data)}).status_code == 200
                 unloaded.append(time.perf_counter() - started)
-        capacity = sizing.DETECTIONS_PER_WORKER  # one worker
+        capacity = sizing.admitted(1)  # one worker
         results: list[tuple[int, float, str | None]] = []
         stop = time.monotonic() + 10
 

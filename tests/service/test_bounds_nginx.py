@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from detector import sizing
 from nginx_live import LiveNginx
+from nginx_live import helper_module
 from nginx_live import nginx_test
 from nginx_live import prepare_site
 from svc_helpers import ROOT
@@ -27,6 +28,9 @@ from svc_live import LiveServer
 ARTIFACTS = ROOT / "test-artifacts"
 MAX_CONNS = 2
 EXCESS = 8
+# The service admits every held request (its own gate, 1 per worker, is tested elsewhere):
+# these tests are about nginx's bound alone.
+HOLD_ALL = {"DETECTOR_MAX_INFLIGHT": str(MAX_CONNS)}
 
 
 def _sizing(workers: int, threads: int) -> dict:
@@ -69,7 +73,7 @@ def test_excess_over_max_conns_gets_a_503_json_at_once_while_the_workers_are_hel
     require_weights()
     photo = jpeg_bytes(sample_image("coffee"))
     socket = site["sockets"] / "blue.sock"
-    with LiveServer(workers=1, threads=MAX_CONNS, uds=socket) as live:
+    with LiveServer(workers=1, threads=MAX_CONNS, uds=socket, env=HOLD_ALL) as live:
         with LiveNginx(site["dir"], site["port"], site["cert"]) as nginx:
             (worker,) = live.worker_pids()
             url = nginx.url + "/api/v1/detect"
@@ -116,3 +120,71 @@ def test_excess_over_max_conns_gets_a_503_json_at_once_while_the_workers_are_hel
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "nginx-max-conns.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def test_the_lb_bounds_each_detector_and_answers_the_excess_503_json_at_once(tmp_path: Path):
+    """The lb's upstream (the helper's lb_upstream) passes a detector at most its max_conns;
+    with it full, the lb itself answers the same quick 503 JSON + Retry-After (issue 13.8)."""
+    require_weights()
+    photo = jpeg_bytes(sample_image("coffee"))
+    sized = _sizing(1, MAX_CONNS)
+    site = prepare_site(
+        tmp_path, sized, nginx_lb_backends=["d1"], nginx_cors_origins=["https://page.example"]
+    )
+    with LiveServer(workers=1, threads=MAX_CONNS, env=HOLD_ALL) as live:
+        cfg = {
+            **site["cfg"],
+            "kind": "lb",
+            "servers": [["d1", "127.0.0.1", sized["max_conns"]]],
+            "port": live.port,
+        }
+        upstream = helper_module().lb_upstream(cfg, [])
+        (site["dir"] / "upstream.conf").write_text(upstream)
+        assert f"127.0.0.1:{live.port} max_fails=1 fail_timeout=10s max_conns={MAX_CONNS};" in (
+            upstream
+        )
+        assert "zone detector_upstream 64k;" in upstream
+        with LiveNginx(site["dir"], site["port"], site["cert"]) as nginx:
+            (worker,) = live.worker_pids()
+            url = nginx.url + "/api/v1/detect"
+            held: list = []
+            refused: list = []
+            with nginx.client(timeout=60) as client:
+                holders = [
+                    threading.Thread(target=_post, args=(client, url, photo, held))
+                    for _ in range(MAX_CONNS)
+                ]
+                os.kill(worker, signal.SIGSTOP)
+                try:
+                    for thread in holders:
+                        thread.start()
+                    time.sleep(1.5)  # let the lb connect both to the stopped worker (no assert)
+                    with nginx.client(timeout=20) as probe:
+                        for _ in range(EXCESS):
+                            started = time.perf_counter()
+                            response = probe.post(
+                                url,
+                                files={"file": ("coffee.jpg", photo)},
+                                headers={"Origin": "https://page.example"},
+                            )
+                            refused.append((response, time.perf_counter() - started))
+                    assert held == []  # the first MAX_CONNS still wait for the stopped worker
+                finally:
+                    os.kill(worker, signal.SIGCONT)
+                    for thread in holders:
+                        thread.join(60)
+                after = client.post(url, files={"file": ("coffee.jpg", photo)})
+            log = nginx.error_log()
+    for response, _ in refused:
+        assert response.status_code == 503, response.text
+        assert response.json() == {"error": "service unavailable or busy; retry shortly"}
+        assert response.headers["Retry-After"] == "1"
+        assert response.headers["Access-Control-Allow-Origin"] == "https://page.example"
+    assert "no live upstreams" in log  # the lb's own bound refused them
+    assert [r.status_code for r, _ in held] == [200] * MAX_CONNS
+    assert after.status_code == 200
+    seconds = sorted(s for _, s in refused)
+    print(
+        f"lb max_conns={MAX_CONNS} per detector, detector stopped: {EXCESS} excess -> 503 in "
+        f"{seconds[0] * 1000:.0f}-{seconds[-1] * 1000:.0f} ms (reported, not asserted)"
+    )
