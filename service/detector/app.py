@@ -90,7 +90,7 @@ def find_release(config: config_module.Config) -> str:
 
 
 def _register_request_hooks(app: Flask) -> None:
-    """Tag each request with an id, time it, and add the release and host headers."""
+    """Tag each request with an id, time it, and add the release, host and timing headers."""
     release = app.config["DETECTOR_RELEASE"]
     host = app.config["DETECTOR_HOST"]
 
@@ -108,8 +108,21 @@ def _register_request_hooks(app: Flask) -> None:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         started = g.get("started")
         if started is not None:
+            seconds = time.perf_counter() - started
             rule = request.url_rule.rule if request.url_rule else "unmatched"
-            metrics.observe_request(
-                rule, request.method, response.status_code, time.perf_counter() - started
-            )
+            metrics.observe_request(rule, request.method, response.status_code, seconds)
+            stages = g.get("timing_ms")
+            if stages is not None:
+                response.headers["Server-Timing"] = server_timing(stages, seconds * 1000)
         return response
+
+
+def server_timing(stages: Mapping[str, float], total_ms: float) -> str:
+    """Return a Server-Timing header value: each stage's ms, then the app's total.
+
+    E.g. `upload;dur=0.4, decode;dur=3.6, ..., total;dur=21.3` (W3C Server Timing); browsers'
+    developer tools and load tests read it without parsing the body.
+    """
+    parts = [f"{name};dur={ms:.1f}" for name, ms in stages.items()]
+    parts.append(f"total;dur={total_ms:.1f}")
+    return ", ".join(parts)

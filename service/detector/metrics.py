@@ -35,9 +35,17 @@ LATENCY = Histogram(
 )
 INFERENCE = Histogram(
     "detector_inference_seconds",
-    "Model forward pass and post-processing time per image",
+    "Time per image holding the inference lock: letterbox, forward pass, post-processing",
     ["model"],
     buckets=LATENCY_BUCKETS,
+)
+STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+STAGES = Histogram(
+    "detector_stage_seconds",
+    "Time of one detection request by stage: upload (multipart read), decode, wait (for the "
+    "worker's inference lock), preprocess, inference (forward pass), postprocess",
+    ["stage"],
+    buckets=STAGE_BUCKETS,
 )
 DETECTIONS = Counter("detector_detections_total", "Objects detected, by label", ["label"])
 WATCHDOG_RECYCLES = Counter(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from dataclasses import field
 
 from flask import current_app
+from flask import g
 from flask import request
 from PIL import Image
 
@@ -27,6 +28,7 @@ from .limits import MemoryBudget
 from .limits import Runner
 
 FIELD = "file"
+STAGES = ("preprocess", "inference", "postprocess")  # Detector.last_timing's, in that order
 
 
 @dataclass
@@ -36,7 +38,7 @@ class Result:
     image: Image.Image
     size: tuple[int, int]  # original (oriented) size; image may be smaller with draft
     detections: list
-    timing_ms: dict
+    timing_ms: dict  # ms by stage: upload, decode, wait (inference lock), STAGES (see _detect)
 
 
 @dataclass
@@ -91,12 +93,18 @@ def detect_upload(*, draft: bool = False, field: str = FIELD) -> Result:
     app = current_app
     config = app.config["DETECTOR"]
     bounds: Bounds = app.extensions["bounds"]
+    started = time.perf_counter()
     data = read_upload(field)
+    upload_s = time.perf_counter() - started
+    metrics.STAGES.labels("upload").observe(upload_s)
     detector = app.extensions["detector"].get()
     orientation = request.form.get("orientation")
-    return bounds.runner.run(
+    result = bounds.runner.run(
         bounds.gate, bounds.deadline_s, _detect, bounds, config, detector, data, draft, orientation
     )
+    result.timing_ms = {"upload": round(upload_s * 1000, 1), **result.timing_ms}
+    g.timing_ms = result.timing_ms  # app.py sends them as the Server-Timing header
+    return result
 
 
 def _detect(deadline, bounds, config, detector, data, draft, orientation) -> Result:
@@ -121,26 +129,32 @@ def _detect(deadline, bounds, config, detector, data, draft, orientation) -> Res
             bounds.budget.release(cost)
     except ImageError as exc:
         raise ApiError(exc.status, str(exc)) from exc
-    decoded_at = time.perf_counter()
     image = decoded.image
     factor = reduce_factor(image.size, target)
     if factor > 1:  # detect on what the letterbox needs; the full image is kept for drawing
         image = image.reduce(factor)
     # Inference is CPU-bound and uses the worker's cores: a second one waits instead of halving
     # the speed of both. Past the deadline the client has had its 503: give up.
+    reduced_at = time.perf_counter()
     left = deadline - time.monotonic()
     if left <= 0 or not bounds.infer_lock.acquire(timeout=left):
         raise DeadlineExceeded()
+    locked_at = time.perf_counter()
     try:
         detections = detector.detect(image, original_size=decoded.size)
+        stages = dict(detector.last_timing)  # this call's: every detect() here holds the lock
     finally:
         bounds.infer_lock.release()
     done = time.perf_counter()
-    metrics.INFERENCE.labels(detector.name).observe(done - decoded_at)
+    metrics.INFERENCE.labels(detector.name).observe(done - locked_at)  # the lock wait apart
     for det in detections:
         metrics.DETECTIONS.labels(det.label).inc()
-    timing = {
-        "decode": round((decoded_at - started) * 1000, 1),
-        "inference": round((done - decoded_at) * 1000, 1),
-    }
-    return Result(image=decoded.image, size=decoded.size, detections=detections, timing_ms=timing)
+    timing = {"decode": reduced_at - started, "wait": locked_at - reduced_at}
+    for stage in STAGES:
+        timing[stage] = stages.get(stage, 0.0) / 1000
+    for stage, seconds in timing.items():
+        metrics.STAGES.labels(stage).observe(seconds)
+    timing_ms = {stage: round(seconds * 1000, 1) for stage, seconds in timing.items()}
+    return Result(
+        image=decoded.image, size=decoded.size, detections=detections, timing_ms=timing_ms
+    )
