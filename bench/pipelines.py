@@ -71,10 +71,10 @@ def unfused_pipeline(spec: dict):
     def run(data: bytes) -> float:
         image = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
         x, box = letterbox(image, size, size)
-        x = x.contiguous()  # plain NCHW
+        x = torch.from_numpy(x.copy())  # plain NCHW
         start = time.perf_counter()
         with torch.no_grad():
-            maps = model(x)
+            maps = [m.numpy() for m in model(x)]
         forward = time.perf_counter() - start
         postprocess(decode(maps, heads, size, size), box, 0.25, 0.45)
         return forward

@@ -103,7 +103,7 @@ def calibration_inputs(
 ) -> list[np.ndarray]:
     """Return each image letterboxed as serving does it: 1x3xHxW float32 arrays in 0..1."""
     width, height = input_shape
-    return [letterbox(image, width, height)[0].contiguous().numpy() for _, image in images]
+    return [np.ascontiguousarray(letterbox(image, width, height)[0]) for _, image in images]
 
 
 def photo_set_sha256(photo_dir: Path = PHOTO_DIR) -> str:

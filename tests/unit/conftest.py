@@ -31,16 +31,17 @@ def tiny_weights():
 
 
 @pytest.fixture(scope="session")
-def tiny_detectors(tiny_weights):
+def tiny_detectors(tiny_weights, tmp_path_factory):
     """A cache of real yolov3-tiny detectors keyed by (engine, precision), loaded on demand."""
-    cache = {}
+    cache, ov_cache = {}, tmp_path_factory.mktemp("tiny-ov-cache")
 
     def get(engine: str, precision: str = "fp32"):
         key = (engine, precision)
         if key not in cache:
             cache[key] = load_detector(
-                TINY_CFG, tiny_weights, COCO_NAMES, engine=engine, precision=precision, threads=2
-            )
+                TINY_CFG, tiny_weights, COCO_NAMES, engine=engine, precision=precision,
+                threads=2, cache_dir=ov_cache,
+            )  # fmt: skip
         return cache[key]
 
     return get

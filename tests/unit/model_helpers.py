@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,9 @@ COCO_NAMES = DATA / "coco.names"
 TINY_WEIGHTS = REPO / "weights" / "yolov3-tiny.weights"
 IOU_MIN = 0.9
 SCORE_TOL = 0.03
+# Class-wise NMS IoU of the reference; measured: street.jpg's car pair overlaps 0.4547 in fp32
+# and 0.4495 with openvino-bf16, so bf16 keeps a 0.416 car that fp32 suppresses.
+NMS_IOU, NMS_IOU_TOL = 0.45, 0.01
 
 
 @dataclass(frozen=True)
@@ -101,10 +105,20 @@ def clip(box, width: int, height: int) -> tuple:
     )
 
 
+def on_nms_boundary(d, side, nms: float = NMS_IOU) -> bool:
+    """True when `d` overlaps another box of its class on its own side by an IoU within
+    NMS_IOU_TOL of the NMS threshold: rounding noise decides whether NMS drops it."""
+    return any(
+        o is not d and o.label == d.label and abs(iou(o.box, d.box) - nms) <= NMS_IOU_TOL
+        for o in side
+    )
+
+
 def mismatches(ours, expected, width: int, height: int, threshold: float = 0.25) -> list[str]:
     """Return what differs: every expected box needs one of ours with the same label,
-    IoU > 0.9 and a score within 0.03. A box on only one side is tolerated only when its score
-    is within 0.03 of the threshold (rounding noise decides whether it passes)."""
+    IoU > 0.9 and a score within 0.03. A box on only one side is tolerated only when rounding
+    noise decides whether it passes: its score within 0.03 of the threshold, or its IoU with
+    a box of its class within 0.01 of the NMS threshold (on_nms_boundary)."""
     problems = []
     free = list(ours)
     for want in sorted(expected, key=lambda d: -d.score):
@@ -112,7 +126,7 @@ def mismatches(ours, expected, width: int, height: int, threshold: float = 0.25)
         same = [d for d in free if d.label == want.label]
         best = max(same, key=lambda d: iou(clip(d.box, width, height), want_box), default=None)
         if best is None or iou(clip(best.box, width, height), want_box) <= IOU_MIN:
-            if want.score >= threshold + SCORE_TOL:
+            if want.score >= threshold + SCORE_TOL and not on_nms_boundary(want, expected):
                 problems.append(f"missing {want.label} {want.score:.3f} {want_box}")
             continue
         if abs(best.score - want.score) > SCORE_TOL:
@@ -121,22 +135,25 @@ def mismatches(ours, expected, width: int, height: int, threshold: float = 0.25)
     problems.extend(
         f"extra {d.label} {d.score:.3f} {tuple(round(v) for v in d.box)}"
         for d in free
-        if d.score >= threshold + SCORE_TOL
+        if d.score >= threshold + SCORE_TOL and not on_nms_boundary(d, ours)
     )
     return problems
 
 
+NEEDS_BF16 = pytest.mark.skipif(
+    bf16_flag() is None, reason="CPU has neither amx_bf16 nor avx512_bf16 (bf16 is slow)"
+)
+NEEDS_OPENVINO = pytest.mark.skipif(
+    importlib.util.find_spec("openvino") is None, reason="openvino not installed"
+)
 # (engine, precision) pairs every oracle test runs; bf16 only where the CPU does it natively.
+# torch is the reference; every other engine must pass the same tolerances.
 ENGINE_CASES = [
     pytest.param(("torch", "fp32"), id="torch-fp32"),
-    pytest.param(
-        ("torch", "bf16"),
-        id="torch-bf16",
-        marks=pytest.mark.skipif(
-            bf16_flag() is None, reason="CPU has neither amx_bf16 nor avx512_bf16 (bf16 is slow)"
-        ),
-    ),
+    pytest.param(("torch", "bf16"), id="torch-bf16", marks=NEEDS_BF16),
     pytest.param(("opencv", "fp32"), id="opencv"),
+    pytest.param(("openvino", "fp32"), id="openvino-fp32", marks=NEEDS_OPENVINO),
+    pytest.param(("openvino", "bf16"), id="openvino-bf16", marks=[NEEDS_OPENVINO, NEEDS_BF16]),
 ]
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "stereo_motorcycle")
 # Those where yolov3-tiny finds something above 0.25 (a cup, a motorbike).

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from detector.model import load_detector
 from model_helpers import COCO_NAMES
+from model_helpers import NEEDS_OPENVINO
 from model_helpers import YOLOV3_CFG
 from model_helpers import Oracle
 from model_helpers import mismatches
@@ -27,21 +27,24 @@ def oracle(yolov3_random_weights, coco_names):
     return Oracle(YOLOV3_CFG, yolov3_random_weights, coco_names)
 
 
-@pytest.fixture(scope="module", params=["torch", "opencv"])
-def detector(request, yolov3_random_weights):
+@pytest.fixture(
+    scope="module", params=["torch", "opencv", pytest.param("openvino", marks=NEEDS_OPENVINO)]
+)
+def detector(request, yolov3_random_weights, tmp_path_factory):
     yield load_detector(
-        YOLOV3_CFG, yolov3_random_weights, COCO_NAMES, engine=request.param, precision="fp32"
-    )
+        YOLOV3_CFG, yolov3_random_weights, COCO_NAMES, engine=request.param, precision="fp32",
+        cache_dir=tmp_path_factory.mktemp("ov-cache"),
+    )  # fmt: skip
 
 
 def test_raw_head_maps_match_oracle(detector, oracle, skimage_photos):
     blob, _ = oracle_letterbox(skimage_photos["coffee"], 416)
     want = oracle.raw(blob, HEADS)
-    ours = detector.infer(torch.from_numpy(blob))
+    ours = detector.infer(blob)
     assert [tuple(m.shape) for m in ours] == [(1, 255, 13, 13), (1, 255, 26, 26), (1, 255, 52, 52)]
     for got, expected in zip(ours, want):
         assert expected.std() > 0.5  # the random net is neither dead nor saturated
-        np.testing.assert_allclose(got.numpy(), expected, atol=ATOL, rtol=RTOL)
+        np.testing.assert_allclose(got, expected, atol=ATOL, rtol=RTOL)
 
 
 @pytest.mark.parametrize("photo", PHOTOS)

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from detector.model.postprocess import HeadSpec
 from detector.model.postprocess import batched_nms
 from detector.model.postprocess import box_iou
@@ -38,23 +37,23 @@ def test_letterbox_geometry(size, placed):
 def test_letterbox_pads_with_grey_and_keeps_pixels():
     image = Image.new("RGB", (200, 100), (255, 0, 51))
     x, box = letterbox(image, 64, 64)
-    assert x.shape == (1, 3, 64, 64) and x.dtype == torch.float32
-    assert x.is_contiguous(memory_format=torch.channels_last)
+    assert x.shape == (1, 3, 64, 64) and x.dtype == np.float32
+    assert x.transpose(0, 2, 3, 1).flags.c_contiguous  # NHWC memory: torch's channels_last
     assert (box.new_width, box.new_height, box.dx, box.dy) == (64, 32, 0, 16)
-    assert torch.all(x[0, :, :16] == PAD_VALUE) and torch.all(x[0, :, 48:] == PAD_VALUE)
+    assert np.all(x[0, :, :16] == PAD_VALUE) and np.all(x[0, :, 48:] == PAD_VALUE)
     inside = x[0, :, 16:48]
-    assert torch.allclose(inside[0], torch.ones(1)) and torch.allclose(inside[1], torch.zeros(1))
-    assert torch.allclose(inside[2], torch.tensor(51 / 255))
+    assert np.allclose(inside[0], 1.0) and np.allclose(inside[1], 0.0)
+    assert np.allclose(inside[2], 51 / 255)
 
 
 def test_letterbox_converts_modes():
     x, _ = letterbox(Image.new("L", (32, 32), 255), 32, 32)
-    assert torch.all(x == 1.0)
+    assert np.all(x == 1.0)
 
 
 def test_decode_matches_darknet_formulas():
     anchors = ((10.0, 20.0), (30.0, 40.0))
-    raw = torch.zeros(1, 2 * 7, 2, 4)  # 2 anchors x (5 + 2 classes), grid 2 rows x 4 cols
+    raw = np.zeros((1, 2 * 7, 2, 4), np.float32)  # 2 anchors x (5 + 2 classes), 2 x 4 grid
     raw[0, 7 + 0, 1, 3] = 2.0  # anchor 1, row 1, col 3: tx
     raw[0, 7 + 3, 1, 3] = math.log(2.0)  # th
     raw[0, 7 + 4, 1, 3] = 3.0  # objectness logit
@@ -62,18 +61,18 @@ def test_decode_matches_darknet_formulas():
     assert rows.shape == (2 * 2 * 4, 7)
     row = rows[8 + 4 + 3]  # anchor-major, then row, then col: anchor 1, row 1, col 3
     sig = 1 / (1 + math.exp(-2.0))
-    assert row[0].item() == pytest.approx((sig + 3) * 32)  # stride 128 / 4
-    assert row[1].item() == pytest.approx((0.5 + 1) * 32)  # stride 64 / 2
+    assert row[0] == pytest.approx((sig + 3) * 32)  # stride 128 / 4
+    assert row[1] == pytest.approx((0.5 + 1) * 32)  # stride 64 / 2
     assert row[2:4].tolist() == pytest.approx([30.0, 80.0])  # anchor * exp(t)
-    assert row[4].item() == pytest.approx(1 / (1 + math.exp(-3.0)))
+    assert row[4] == pytest.approx(1 / (1 + math.exp(-3.0)))
     assert row[5:].tolist() == pytest.approx([0.5, 0.5])
 
 
 def test_decode_scale_x_y():
-    raw = torch.zeros(1, 6, 1, 1)
+    raw = np.zeros((1, 6, 1, 1), np.float32)
     raw[0, 0] = 10.0  # sigmoid ~ 1
     rows = decode([raw], [HeadSpec(((1.0, 1.0),), 1, scale_x_y=1.2)], 32, 32)
-    assert rows[0, 0].item() == pytest.approx((1.2 - 0.1) * 32, abs=1e-2)
+    assert rows[0, 0] == pytest.approx((1.2 - 0.1) * 32, abs=1e-2)
 
 
 def greedy_nms(boxes, scores, threshold):
@@ -89,35 +88,35 @@ def greedy_nms(boxes, scores, threshold):
 
 def test_nms_chain_keeps_the_third_box():
     # A overlaps B, B overlaps C, A does not overlap C: greedy keeps A and C (B suppressed).
-    boxes = torch.tensor([[0, 0, 10, 10], [5, 0, 15, 10], [10, 0, 20, 10]], dtype=torch.float32)
-    scores = torch.tensor([0.9, 0.8, 0.7])
+    boxes = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [10, 0, 20, 10]], dtype=np.float32)
+    scores = np.array([0.9, 0.8, 0.7], np.float32)
     assert nms(boxes, scores, 0.3).tolist() == [0, 2]
     assert nms(boxes, scores, 0.9).tolist() == [0, 1, 2]
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_nms_equals_greedy_on_random_boxes(seed):
-    g = torch.Generator().manual_seed(seed)
-    xy = torch.rand(200, 2, generator=g) * 100
-    wh = torch.rand(200, 2, generator=g) * 30 + 1
-    boxes = torch.cat((xy, xy + wh), 1)
-    scores = torch.rand(200, generator=g)
+    g = np.random.default_rng(seed)
+    xy = g.random((200, 2), np.float32) * 100
+    wh = g.random((200, 2), np.float32) * 30 + 1
+    boxes = np.concatenate((xy, xy + wh), 1)
+    scores = g.random(200, np.float32)
     assert nms(boxes, scores, 0.45).tolist() == greedy_nms(boxes, scores, 0.45)
 
 
 def test_batched_nms_is_class_wise():
-    boxes = torch.tensor([[0, 0, 10, 10], [1, 0, 11, 10], [0, 1, 10, 11]], dtype=torch.float32)
-    scores = torch.tensor([0.9, 0.8, 0.7])
-    classes = torch.tensor([0, 1, 0])
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [0, 1, 10, 11]], dtype=np.float32)
+    scores = np.array([0.9, 0.8, 0.7], np.float32)
+    classes = np.array([0, 1, 0])
     assert sorted(batched_nms(boxes, scores, classes, 0.45).tolist()) == [0, 1]
-    assert batched_nms(torch.empty(0, 4), torch.empty(0), torch.empty(0), 0.45).numel() == 0
+    assert batched_nms(np.zeros((0, 4)), np.zeros(0), np.zeros(0), 0.45).size == 0
 
 
 def rows_for(boxes_xywh, obj, cls):
     """Build decode()-shaped rows from boxes (network pixels), objectness and class probs."""
-    return torch.cat(
-        (torch.tensor(boxes_xywh), torch.tensor(obj)[:, None], torch.tensor(cls)), 1
-    ).float()
+    return np.concatenate((np.array(boxes_xywh), np.array(obj)[:, None], np.array(cls)), 1).astype(
+        np.float32
+    )
 
 
 def test_postprocess_scores_threshold_and_maps_back():
@@ -135,7 +134,7 @@ def test_postprocess_scores_threshold_and_maps_back():
     assert [x1, y1, x2, y2] == pytest.approx(
         [156 * scale, (182 - 104) * scale, 260 * scale, (234 - 104) * scale], rel=1e-5
     )
-    assert result.boxes[1, 0].item() == 0.0  # clipped: x1 was (20 - 40) * scale < 0
+    assert result.boxes[1, 0] == 0.0  # clipped: x1 was (20 - 40) * scale < 0
     high = postprocess(rows, box, threshold=0.5, nms_threshold=0.45)
     assert high.classes.tolist() == [1]  # 0.48 and 0.27 are below 0.5
 
@@ -146,27 +145,28 @@ def test_postprocess_maps_to_original_size():
     rows = rows_for([[208, 208, 104, 52]], [0.9], [[0.9]])
     reduced = postprocess(rows, box, 0.25, 0.45).boxes[0]
     full = postprocess(rows, box, 0.25, 0.45, original_size=(800, 400)).boxes[0]
-    assert torch.allclose(full, reduced * 4)
+    assert np.allclose(full, reduced * 4)
 
 
 def test_postprocess_empty():
     box = Letterbox(10, 10, 416, 416, 0, 0)
-    result = postprocess(torch.zeros(0, 7), box, 0.25, 0.45)
-    assert result.boxes.shape == (0, 4) and result.scores.numel() == 0
+    result = postprocess(np.zeros((0, 7), np.float32), box, 0.25, 0.45)
+    assert result.boxes.shape == (0, 4) and result.scores.size == 0
 
 
 def test_box_iou():
-    a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
-    b = torch.tensor([[1.0, 1.0, 3.0, 3.0], [5.0, 5.0, 6.0, 6.0]])
+    a = np.array([[0.0, 0.0, 2.0, 2.0]])
+    b = np.array([[1.0, 1.0, 3.0, 3.0], [5.0, 5.0, 6.0, 6.0]])
     assert box_iou(a, b).tolist() == [[pytest.approx(1 / 7), 0.0]]
     assert np.isclose(box_iou(a, a).item(), 1.0)
 
 
 def test_decode_threshold_keeps_exactly_the_rows_above_it():
-    g = torch.Generator().manual_seed(0)
+    g = np.random.default_rng(0)
     heads = [HeadSpec(((10.0, 14.0), (23.0, 27.0)), 3), HeadSpec(((5.0, 5.0), (8.0, 9.0)), 3)]
-    maps = [torch.randn(1, 16, 4, 6, generator=g) * 2, torch.randn(1, 16, 8, 12, generator=g) * 2]
+    maps = [g.standard_normal((1, 16, 4, 6), np.float32) * 2]
+    maps.append(g.standard_normal((1, 16, 8, 12), np.float32) * 2)
     full = decode(maps, heads, 192, 128)
     kept = decode(maps, heads, 192, 128, threshold=0.6)
     assert 0 < len(kept) < len(full)
-    assert torch.allclose(kept, full[full[:, 4] > 0.6])
+    assert np.allclose(kept, full[full[:, 4] > 0.6])

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from . import openmp  # noqa: F401  (must precede every torch import)
+from . import openmp  # noqa: F401  (must precede every torch import; torch loads lazily)
 from .cfg import CfgError
+from .cfg import WeightsError
 from .loader import Detector
 from .loader import load_detector
-from .weights import WeightsError
 
 __all__ = ["CfgError", "Detector", "WeightsError", "load_detector"]

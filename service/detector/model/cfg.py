@@ -29,6 +29,10 @@ class CfgError(ValueError):
     """The cfg cannot be parsed or built; the message names the file, line and section."""
 
 
+class WeightsError(ValueError):
+    """The weights file does not fit the cfg (wrong size, bad header); weights.py raises it."""
+
+
 @dataclass(frozen=True)
 class Net:
     """The [net] block: network input shape."""

@@ -5,15 +5,17 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .. import sizing
 from ..machine import memory_total_mb
 from .cfg import Convolutional
 from .cfg import ModelCfg
-from .darknet import Darknet
+
+if TYPE_CHECKING:
+    from .darknet import Darknet
 
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # CPUs with native bf16 dot products
 # auto, when it has to measure: interleaved timed rounds after one warm-up run per engine.
@@ -95,16 +97,31 @@ def openvino_fits(
     return workers * (engine_mb + torch_mb) <= budget, words
 
 
+def cpu_model() -> str:
+    """Return the CPU's model name from /proc/cpuinfo ("unknown" where it does not say)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
 class TorchEngine:
     """Darknet in torch: batch norm folded into convs, channels_last, inference_mode, fp32/bf16.
 
     Pass a model loaded with weights.load_fused (already folded, channels_last, in the target
     dtype: nothing is copied here); an unfused model is folded and converted, with copies.
+    Takes and returns numpy arrays like every engine (torch stays inside).
     """
 
     name = "torch"
 
     def __init__(self, model: Darknet, precision: str = "fp32") -> None:
+        import torch
+
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
         self.precision = precision
@@ -119,10 +136,13 @@ class TorchEngine:
         """Return the engine name with its precision, for logs and reports."""
         return f"torch-{self.precision}"
 
-    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        import torch
+
         with torch.inference_mode():
-            x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
-            return [m.float() for m in self.model(x)]
+            x = torch.from_numpy(np.asarray(x, dtype=np.float32)).to(self.dtype)
+            x = x.contiguous(memory_format=torch.channels_last)
+            return [m.float().numpy() for m in self.model(x)]
 
 
 class OpenCVEngine:
@@ -149,16 +169,16 @@ class OpenCVEngine:
             raise ValueError(f"OpenCV's darknet net has no layer {sorted(missing)}")
         self._lock = threading.Lock()  # a cv2.dnn.Net is not safe to run from two threads
 
-    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
-        blob = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        blob = np.ascontiguousarray(x, dtype=np.float32)
         with self._lock:
             self.net.setInput(blob)
             maps = self.net.forward(self.outputs)
-        return [torch.from_numpy(np.array(m)) for m in maps]
+        return [np.array(m) for m in maps]
 
 
-def choose(candidates: list, x: torch.Tensor) -> tuple[object, str]:
-    """Time the warmed-up candidates on `x` and return the fastest with the reason, in words.
+def choose(candidates: list, x: np.ndarray, threads: int) -> tuple[object, str, dict, int]:
+    """Time the warmed-up candidates on `x`: (fastest, why in words, best ms by label, rounds).
 
     Runs are interleaved (A, B, A, B, ...) and each engine keeps its best time, so a burst of
     load from other processes on a shared machine does not decide the choice: at least
@@ -180,9 +200,10 @@ def choose(candidates: list, x: torch.Tensor) -> tuple[object, str]:
     size = f"{x.shape[3]}x{x.shape[2]}"
     reason = (
         f"auto: {candidates[winner].label} was fastest at load ({measured}; best of {rounds} "
-        f"interleaved runs at {size}, {torch.get_num_threads()} threads)"
+        f"interleaved runs at {size}, {threads} threads)"
     )
-    return candidates[winner], reason
+    timings = {e.label: round(ms, 1) for e, ms in zip(candidates, best_ms)}
+    return candidates[winner], reason, timings, rounds
 
 
 def plan(

@@ -11,7 +11,6 @@ from dataclasses import field
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..detection import Detection
@@ -22,8 +21,8 @@ from .postprocess import postprocess
 from .preprocess import letterbox
 
 REPORT_FORMAT = 1
-# An engine for the gate: letterboxed 1x3xHxW input -> raw [yolo] maps (torch or numpy).
-Engine = Callable[[torch.Tensor], Sequence]
+# An engine for the gate: letterboxed 1x3xHxW float32 array -> raw [yolo] maps (numpy arrays).
+Engine = Callable[[np.ndarray], Sequence]
 
 
 @dataclass(frozen=True)
@@ -113,9 +112,9 @@ def compare(
     """
     c = criteria
     counted = sorted((d for d in reference if d.score > c.threshold), key=lambda d: -d.score)
-    ref_boxes = torch.tensor([d.box for d in reference], dtype=torch.float64).reshape(-1, 4)
-    cand_boxes = torch.tensor([d.box for d in candidate], dtype=torch.float64).reshape(-1, 4)
-    counted_boxes = torch.tensor([d.box for d in counted], dtype=torch.float64).reshape(-1, 4)
+    ref_boxes = np.array([d.box for d in reference], dtype=np.float64).reshape(-1, 4)
+    cand_boxes = np.array([d.box for d in candidate], dtype=np.float64).reshape(-1, 4)
+    counted_boxes = np.array([d.box for d in counted], dtype=np.float64).reshape(-1, 4)
     ious = box_iou(counted_boxes, cand_boxes)
     used: set[int] = set()
     unmatched = []
@@ -161,9 +160,7 @@ def detect(
     """Run one engine on one image with the serving pre/post-processing."""
     net_w, net_h = input_shape
     x, box = letterbox(image, net_w, net_h)
-    maps = [
-        m if isinstance(m, torch.Tensor) else torch.from_numpy(np.asarray(m)) for m in engine(x)
-    ]
+    maps = [np.asarray(m) for m in engine(x)]
     result = postprocess(
         decode(maps, heads, net_w, net_h, threshold), box, threshold, nms_threshold
     )

@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-import torch
+import numpy as np
 from PIL import Image
 
 from ..config import ENGINE_PRECISIONS
@@ -17,13 +17,13 @@ from ..config import ENGINES
 from ..config import PRECISIONS
 from ..detection import Detection
 from ..machine import cpu_count
+from . import choice_cache
 from . import openvino_cache
 from . import openvino_engine
+from .builder import EngineBuilder
+from .cfg import WeightsError
 from .cfg import Yolo
 from .cfg import parse_cfg
-from .darknet import Darknet
-from .engines import OpenCVEngine
-from .engines import TorchEngine
 from .engines import bf16_flag
 from .engines import choose
 from .engines import plan
@@ -31,9 +31,6 @@ from .postprocess import HeadSpec
 from .postprocess import decode
 from .postprocess import postprocess
 from .preprocess import letterbox
-from .weights import WeightsError
-from .weights import check_size
-from .weights import load_fused
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +67,7 @@ class Detector:
         w, h = self.input_shape
         return f"<Detector {self.name} {w}x{h} engine={self.engine} ({self.precision})>"
 
-    def infer(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def infer(self, x: np.ndarray) -> list[np.ndarray]:
         """Return the raw [yolo] input maps (fp32) for a letterboxed 1x3xHxW input (0..1)."""
         return self._engine(x)
 
@@ -152,7 +149,9 @@ def load_detector(
     """Build a detector from a darknet cfg + weights + names triple and run a warm-up inference.
 
     :param engine: "torch", "opencv", "openvino", or "auto": time every engine that runs the
-        precision and whose `workers` copies fit in memory (engines.plan) and keep the fastest.
+        precision and whose `workers` copies fit in memory (engines.plan) and keep the fastest;
+        the choice is cached beside the OpenVINO models, so later loads on this CPU model only
+        load the winner (torch is imported only when the torch engine or a conversion needs it).
     :param size: network input size (multiple of 32); 0 takes width and height from the cfg.
     :param threads: intra-op threads of every engine; 0 = cores / workers (at least 1).
     :param precision: "fp32", "bf16", "int8" (openvino), or "auto" (bf16 where the CPU has
@@ -185,7 +184,6 @@ def load_detector(
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     threads = threads or default_threads(workers)
-    torch.set_num_threads(threads)
     input_shape = (size, size) if size else (cfg.net.width, cfg.net.height)
     heads = []
     for index in cfg.yolo_indices:
@@ -209,55 +207,39 @@ def load_detector(
     specs, reason = plan(
         engine, precision, flag, weights_bytes, workers, memory_mb, has_openvino, int8
     )
-    candidates = []
-    # OpenVINO first: a conversion (cache miss) frees its memory before torch loads its model.
-    for kind, kind_precision in sorted(specs, key=lambda spec: spec[0] != "openvino"):
-        if kind == "torch":
-            candidates.append(TorchEngine(_fused(cfg, weights_path, precision), precision))
-        elif kind == "opencv":
-            import cv2
-
-            cv2.setNumThreads(threads)
-            with torch.device("meta"):
-                check_size(Darknet(cfg), weights_path)
-            candidates.append(OpenCVEngine(cfg, cfg_path, weights_path))
-        else:
-            try:
-                ov_engine, how = openvino_engine.load_engine(
-                    cfg_path,
-                    weights_path,
-                    input_shape,
-                    heads,
-                    kind_precision,
-                    flag,
-                    threads,
-                    cache_dir,
-                    build=lambda: _fused(cfg, weights_path, "fp32"),
-                )
-            except Exception as exc:  # auto: an engine that cannot load is not a candidate
-                if engine != "auto":
-                    raise
-                log.warning("openvino-%s left out of auto: %s", kind_precision, exc)
-                reason += f"; openvino-{kind_precision} left out: it failed to load ({exc})"
-                continue
-            candidates.append(ov_engine)
-            reason += f"; openvino model {how}"
+    build = EngineBuilder(cfg, cfg_path, weights_path, input_shape, heads, flag, threads, cache_dir)
     x, _ = letterbox(Image.new("RGB", input_shape, (127, 127, 127)), *input_shape)
-    for candidate in candidates:
-        candidate(x)  # the first run allocates, creates and caches kernels
-    del candidate  # no reference may keep the loser alive
-    if len(candidates) == 1:
-        chosen = candidates[0]
-    else:
-        chosen, timed = choose(candidates, x)
-        reason = f"{timed}; {reason}"
+    chosen = None
+    if len(specs) > 1:
+        labels = [f"{kind}-{kind_precision}" for kind, kind_precision in specs]
+        fields = choice_cache.choice_fields(cfg_path, weights_path, input_shape, labels, threads)
+        path = choice_cache.choice_path(openvino_cache.cache_root(weights_path, cache_dir), fields)
+        cached = choice_cache.read_choice(path, fields)
+        if cached is not None:
+            try:
+                (chosen,), notes = build([specs[labels.index(cached["chosen"])]], False)
+            except Exception as exc:  # the cached winner cannot load now: time them all again
+                log.warning("cached auto choice %s failed to load (%s); timing all", path, exc)
+            else:
+                reason = f"{choice_cache.words(cached, path)}; {reason}{notes}"
+    if chosen is None:
+        candidates, notes = build(specs, engine == "auto")
+        reason += notes
+        if len(candidates) == 1:
+            chosen = candidates[0]  # warmed up by the detect() below
+        else:
+            for candidate in candidates:
+                candidate(x)  # the first run allocates, creates and caches kernels
+            del candidate  # no reference may keep the loser alive
+            chosen, timed, timings, rounds = choose(candidates, x, threads)
+            reason = f"{timed}; {reason}"
+            choice_cache.write_choice(path, fields, chosen.label, timings, rounds)
+            candidates.clear()  # the loser's memory goes back to the OS
+            release_memory()
     if chosen.precision == "fp32" and chosen.name != "opencv":
         reason += f"; fp32 ({'as configured' if flag else 'no amx_bf16/avx512_bf16'})"
     elif chosen.precision == "bf16":
         reason += f"; bf16 convolutions (CPU flag {flag or 'missing: emulated, slow'})"
-    if len(candidates) > 1:
-        candidates.clear()  # the loser's memory goes back to the OS
-        release_memory()
     detector = Detector(
         name or cfg_path.stem,
         chosen,
@@ -277,11 +259,3 @@ def load_detector(
         reason,
     )
     return detector
-
-
-def _fused(cfg, weights_path: Path, precision: str) -> Darknet:
-    """Return the darknet model with batch norm folded, in the precision's dtype."""
-    with torch.device("meta"):  # no allocation: load_fused installs the real parameters
-        model = Darknet(cfg)
-    load_fused(model, weights_path, torch.bfloat16 if precision == "bf16" else torch.float32)
-    return model

@@ -15,8 +15,6 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
-
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1  # bump when the entry layout or the conversion changes
@@ -91,7 +89,7 @@ def cache_key(fields: dict) -> str:
     return f"{fields['precision']}-{hashlib.sha256(text.encode()).hexdigest()[:20]}"
 
 
-def _untrusted(path: Path) -> str | None:
+def untrusted(path: Path) -> str | None:
     """Return why `path` must not be trusted (owner or mode), or None."""
     st = path.lstat()
     if path.is_symlink():
@@ -112,7 +110,7 @@ def read_entry(entry: Path, fields: dict):
     try:
         manifest_files = [n for n in os.listdir(entry) if n != MANIFEST]
         for path in (entry.parent, entry, entry / MANIFEST, *(entry / n for n in manifest_files)):
-            reason = _untrusted(path)
+            reason = untrusted(path)
             if reason:
                 log.warning("openvino cache entry %s not trusted, rebuilding: %s", entry, reason)
                 return None
@@ -196,9 +194,10 @@ def disable_telemetry() -> None:
     opt_in_checker.OptInChecker.check = lambda self, *args, **kwargs: declined
 
 
-def convert(model: torch.nn.Module, input_shape: tuple[int, int]):
+def convert(model, input_shape: tuple[int, int]):
     """Convert the fused fp32 darknet module with OpenVINO's converter, static 1x3xHxW input."""
     import openvino as ov
+    import torch
 
     disable_telemetry()
 

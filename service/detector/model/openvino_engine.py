@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from . import openvino_cache
 
@@ -14,7 +14,7 @@ HINTS = {"fp32": "f32", "bf16": "bf16"}  # INFERENCE_PRECISION_HINT; int8 runs a
 
 
 class OpenVINOEngine:
-    """An OpenVINO compiled model behind engine(x) -> raw [yolo] maps (fp32 torch tensors).
+    """An OpenVINO compiled model behind engine(x) -> raw [yolo] maps (fp32 numpy arrays).
 
     One compiled model and one InferRequest behind a lock: the request threads of a worker take
     turns. Measured (yolov3-tiny bf16 at 416, 2 threads, 3 callers x 10 calls, loaded 2-core
@@ -48,11 +48,11 @@ class OpenVINOEngine:
         """Return the engine name with its precision, for logs and reports."""
         return f"openvino-{self.precision}"
 
-    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
-        data = x.float().contiguous().numpy()
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        data = np.ascontiguousarray(x, dtype=np.float32)
         with self._lock:
             result = self._request.infer({0: data})  # copies the outputs out of the request
-        return [torch.from_numpy(result[out]) for out in self.outputs]
+        return [result[out] for out in self.outputs]
 
 
 def gate_words(report) -> str:
@@ -110,10 +110,8 @@ def prepare_models(
     :return: (label, how it was obtained or why it cannot be used, whether it was built now).
     """
     from .cfg import parse_cfg
-    from .darknet import Darknet
     from .engines import bf16_flag
     from .postprocess import HeadSpec
-    from .weights import load_fused
 
     cfg_path, weights_path = Path(cfg_path), Path(weights_path)
     cfg = parse_cfg(cfg_path)
@@ -123,7 +121,12 @@ def prepare_models(
         for i in cfg.yolo_indices
     ]
 
-    def build():
+    def build():  # a cache miss only: torch and the darknet module load here
+        import torch
+
+        from .darknet import Darknet
+        from .weights import load_fused
+
         with torch.device("meta"):
             model = Darknet(cfg)
         load_fused(model, weights_path, torch.float32)

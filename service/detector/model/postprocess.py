@@ -1,4 +1,8 @@
-"""Decode [yolo] maps, threshold, class-wise NMS and map boxes back: vectorized torch, fp32."""
+"""Decode [yolo] maps, threshold, class-wise NMS and map boxes back: vectorized numpy, fp32.
+
+Every engine's maps go through this one implementation (numpy, so that serving an OpenVINO or
+OpenCV model never imports torch).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
 from .preprocess import Letterbox
 
@@ -24,14 +28,20 @@ class HeadSpec:
     scale_x_y: float = 1.0
 
 
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Return 1 / (1 + exp(-x)) in float32, without overflow warnings for large |x|."""
+    with np.errstate(over="ignore"):
+        return (1.0 / (1.0 + np.exp(-x))).astype(np.float32, copy=False)
+
+
 def decode(
-    maps: Sequence[torch.Tensor],
+    maps: Sequence[np.ndarray],
     heads: Sequence[HeadSpec],
     net_w: int,
     net_h: int,
     threshold: float | None = None,
-) -> torch.Tensor:
-    """Turn raw head maps (1 x A*(5+C) x H x W) into rows [cx, cy, w, h, obj, cls...].
+) -> np.ndarray:
+    """Turn raw head maps (1 x A*(5+C) x H x W) into float32 rows [cx, cy, w, h, obj, cls...].
 
     Boxes are in network-input pixels. As darknet's yolo layer: x = (sigmoid(tx) + col) / W,
     w = exp(tw) * anchor_w / net_w, objectness and class probabilities are sigmoids.
@@ -43,80 +53,84 @@ def decode(
     for raw, head in zip(maps, heads):
         _, channels, h, w = raw.shape
         a = len(head.anchors)
-        p = raw.float().reshape(a, channels // a, h * w).transpose(1, 2)  # A x HW x (5+C)
+        p = np.asarray(raw, dtype=np.float32).reshape(a, channels // a, h * w).transpose(0, 2, 1)
         if threshold is None:
-            anchor = torch.arange(a).repeat_interleave(h * w)
-            cell = torch.arange(h * w).repeat(a)
+            anchor = np.repeat(np.arange(a), h * w)
+            cell = np.tile(np.arange(h * w), a)
             p = p.reshape(-1, channels // a)
         else:
             logit = math.log(threshold / (1 - threshold)) if 0 < threshold < 1 else -math.inf
-            anchor, cell = torch.nonzero(p[:, :, 4] > logit, as_tuple=True)
+            anchor, cell = np.nonzero(p[:, :, 4] > logit)
             p = p[anchor, cell]
-        xy = torch.sigmoid(p[:, 0:2])
+        xy = sigmoid(p[:, 0:2])
         if head.scale_x_y != 1.0:
-            xy = xy * head.scale_x_y - (head.scale_x_y - 1.0) / 2
-        grid = torch.stack((cell % w, torch.div(cell, w, rounding_mode="floor")), 1)
-        centres = (xy + grid) * torch.tensor([net_w / w, net_h / h])
-        sizes = torch.exp(p[:, 2:4]) * torch.tensor(head.anchors, dtype=torch.float32)[anchor]
-        rows.append(torch.cat((centres, sizes, torch.sigmoid(p[:, 4:])), 1))
-    return torch.cat(rows, 0)
+            xy = xy * np.float32(head.scale_x_y) - np.float32((head.scale_x_y - 1.0) / 2)
+        grid = np.stack((cell % w, cell // w), 1).astype(np.float32)
+        centres = (xy + grid) * np.array([net_w / w, net_h / h], np.float32)
+        with np.errstate(over="ignore"):
+            sizes = np.exp(p[:, 2:4]) * np.asarray(head.anchors, np.float32)[anchor]
+        rows.append(np.concatenate((centres, sizes, sigmoid(p[:, 4:])), 1))
+    if not rows:
+        return np.zeros((0, 5), np.float32)
+    return np.concatenate(rows, 0).astype(np.float32, copy=False)
 
 
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Return the IoU matrix of boxes (x1, y1, x2, y2): a is N x 4, b is M x 4."""
-    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
-    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
-    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
+    a, b = np.asarray(a), np.asarray(b)
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
     union = area_a[:, None] + area_b[None, :] - inter
-    return inter / union.clamp(min=1e-9)
+    return inter / np.maximum(union, 1e-9)
 
 
-def nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
     """Greedy NMS without a loop over boxes; returns kept indices, highest score first.
 
     Box i (in score order) survives when no surviving higher-scored box overlaps it by more than
     `threshold`. That rule fixes the survivors in score order; iterating it on all boxes at once
     reaches the same fixed point in as many steps as the longest suppression chain (a few).
     """
-    order = torch.argsort(scores, descending=True, stable=True)
-    if order.numel() == 0:
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    if order.size == 0:
         return order
-    sorted_boxes = boxes[order]
-    overlaps = torch.triu(box_iou(sorted_boxes, sorted_boxes) > threshold, diagonal=1)
-    keep = torch.ones(order.numel(), dtype=torch.bool)
-    for _ in range(order.numel()):
-        suppressed = (overlaps & keep[:, None]).any(0)
-        new_keep = ~suppressed
-        if torch.equal(new_keep, keep):
+    sorted_boxes = np.asarray(boxes)[order]
+    overlaps = np.triu(box_iou(sorted_boxes, sorted_boxes) > threshold, k=1)
+    keep = np.ones(order.size, dtype=bool)
+    for _ in range(order.size):
+        new_keep = ~(overlaps & keep[:, None]).any(0)
+        if np.array_equal(new_keep, keep):
             break
         keep = new_keep
     return order[keep]
 
 
 def batched_nms(
-    boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, threshold: float
-) -> torch.Tensor:
+    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, threshold: float
+) -> np.ndarray:
     """Class-wise NMS: boxes of different classes are moved apart so that they never overlap."""
-    if boxes.numel() == 0:
-        return torch.empty(0, dtype=torch.long)
-    span = (boxes.max() - boxes.min()).clamp(min=0) + 1
-    offsets = classes.to(boxes.dtype)[:, None] * span
+    boxes = np.asarray(boxes)
+    if boxes.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    span = max(float(boxes.max() - boxes.min()), 0.0) + 1
+    offsets = np.asarray(classes).astype(boxes.dtype)[:, None] * boxes.dtype.type(span)
     return nms(boxes + offsets, scores, threshold)
 
 
 @dataclass(frozen=True)
 class Boxes:
-    """Final detections as tensors: boxes (N x 4, x1 y1 x2 y2 original pixels), scores, classes."""
+    """Final detections as arrays: boxes (N x 4, x1 y1 x2 y2 original pixels), scores, classes."""
 
-    boxes: torch.Tensor
-    scores: torch.Tensor
-    classes: torch.Tensor
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
 
 
 def postprocess(
-    rows: torch.Tensor,
+    rows: np.ndarray,
     box: Letterbox,
     threshold: float,
     nms_threshold: float,
@@ -130,25 +144,27 @@ def postprocess(
     :param box: the letterbox placement of the image given to the network.
     :param original_size: map boxes to this (width, height) instead of the letterboxed image's.
     """
+    rows = np.asarray(rows, dtype=np.float32)
     scores = rows[:, 4:5] * rows[:, 5:]
-    score, cls = scores.max(1)
-    index = torch.nonzero(score > threshold).squeeze(1)
+    cls = scores.argmax(1) if len(rows) else np.zeros(0, np.int64)
+    score = scores[np.arange(len(rows)), cls]
+    index = np.nonzero(score > threshold)[0]
     score, cls = score[index], cls[index]
-    if score.numel() > MAX_CANDIDATES:
-        top = torch.topk(score, MAX_CANDIDATES).indices
+    if score.size > MAX_CANDIDATES:
+        top = np.argsort(-score, kind="stable")[:MAX_CANDIDATES]
         index, cls, score = index[top], cls[top], score[top]
     xywh = rows[index, :4]
     # network-input pixels -> letterboxed image pixels -> original pixels
     width, height = original_size or (box.width, box.height)
-    sx = box.new_width / width
-    sy = box.new_height / height
+    sx = np.float32(box.new_width / width)
+    sy = np.float32(box.new_height / height)
     x1 = (xywh[:, 0] - xywh[:, 2] / 2 - box.dx) / sx
     y1 = (xywh[:, 1] - xywh[:, 3] / 2 - box.dy) / sy
     x2 = (xywh[:, 0] + xywh[:, 2] / 2 - box.dx) / sx
     y2 = (xywh[:, 1] + xywh[:, 3] / 2 - box.dy) / sy
-    corners = torch.stack((x1, y1, x2, y2), 1)
+    corners = np.stack((x1, y1, x2, y2), 1).astype(np.float32, copy=False)
     keep = batched_nms(corners, score, cls, nms_threshold)
     corners = corners[keep]
-    limit = torch.tensor([width, height, width, height], dtype=corners.dtype)
-    corners = torch.minimum(corners.clamp(min=0), limit)
-    return Boxes(corners, score[keep], cls[keep])
+    limit = np.array([width, height, width, height], dtype=np.float32)
+    corners = np.minimum(np.clip(corners, 0, None), limit)
+    return Boxes(corners, score[keep], cls[keep].astype(np.int64))

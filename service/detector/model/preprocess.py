@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image
 
 PAD_VALUE = 0.5  # darknet's letterbox grey (127.5 / 255)
@@ -47,16 +46,18 @@ def resize(image: Image.Image, width: int, height: int) -> np.ndarray:
     return cv2.resize(pixels, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def letterbox(image: Image.Image, net_w: int, net_h: int) -> tuple[torch.Tensor, Letterbox]:
-    """Return the 1x3xHxW float32 input (values 0..1, channels_last memory) and its placement.
+def letterbox(image: Image.Image, net_w: int, net_h: int) -> tuple[np.ndarray, Letterbox]:
+    """Return the 1x3xHxW float32 input (values 0..1) and its placement.
 
+    The array is an NCHW view of an NHWC buffer (torch's channels_last memory: TorchEngine
+    wraps it without a copy; np.ascontiguousarray gives plain NCHW).
     :param image: an RGB image.
     """
     if image.mode != "RGB":
         image = image.convert("RGB")
     box = letterbox_geometry(image.width, image.height, net_w, net_h)
-    pixels = torch.from_numpy(resize(image, box.new_width, box.new_height))
-    canvas = torch.full((1, net_h, net_w, 3), PAD_VALUE, dtype=torch.float32)
+    pixels = resize(image, box.new_width, box.new_height)
+    canvas = np.full((1, net_h, net_w, 3), PAD_VALUE, dtype=np.float32)
     inner = canvas[0, box.dy : box.dy + box.new_height, box.dx : box.dx + box.new_width]
-    torch.mul(pixels, 1.0 / 255.0, out=inner)
-    return canvas.permute(0, 3, 1, 2), box
+    np.multiply(pixels, np.float32(1.0 / 255.0), out=inner)
+    return canvas.transpose(0, 3, 1, 2), box

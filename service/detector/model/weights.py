@@ -11,13 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cfg import WeightsError  # noqa: F401  (defined without torch; raised and re-exported here)
 from .darknet import BN_EPS
 from .darknet import ConvBlock
 from .darknet import Darknet
-
-
-class WeightsError(ValueError):
-    """The weights file does not fit the cfg (wrong size, bad header)."""
 
 
 @dataclass(frozen=True)

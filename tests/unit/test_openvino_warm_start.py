@@ -1,0 +1,142 @@
+"""A warm OpenVINO cache serves without torch; auto's timed choice is cached and verified."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+
+import pytest
+from detector.model import load_detector
+from detector.model.openvino_engine import prepare_models
+from model_helpers import COCO_NAMES
+from model_helpers import NEEDS_BF16
+from model_helpers import TINY_CFG
+
+pytest.importorskip("openvino", reason="openvino not installed (pip install openvino)")
+
+# A worker's start in a fresh process: load_detector, then the 640x480 warm-up the service runs;
+# prints what it imported, its peak RSS and the seconds it took.
+WORKER = """
+import json, sys, time
+started = time.perf_counter()
+
+
+def peak_rss_mb():  # VmHWM: this process image's peak (ru_maxrss keeps the forking parent's)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmHWM"))
+
+
+from detector.model import load_detector
+from PIL import Image
+args = json.loads(sys.argv[1])
+det = load_detector(args["cfg"], args["weights"], args["names"], engine=args["engine"],
+                    precision=args["precision"], threads=args["threads"], size=args["size"],
+                    cache_dir=args["cache"], memory_mb=64000)
+det.detect(Image.new("RGB", (640, 480), (127, 127, 127)))
+photo = args.get("photo")
+labels = [d.label for d in det.detect(Image.open(photo).convert("RGB"))] if photo else []
+print(json.dumps({
+    "torch": "torch" in sys.modules, "engine": det.engine, "precision": det.precision,
+    "label": det._engine.label, "reason": det.engine_reason, "labels": labels,
+    "seconds": round(time.perf_counter() - started, 2),
+    "rss_mb": peak_rss_mb(),
+}))
+"""
+
+
+def start_worker(weights, cache, engine, precision, size=0, threads=2, photo=None, cfg=TINY_CFG):
+    """Run WORKER in a fresh interpreter and return its JSON line."""
+    args = {
+        "cfg": str(cfg), "weights": str(weights), "names": str(COCO_NAMES), "engine": engine,
+        "precision": precision, "threads": threads, "size": size, "cache": str(cache),
+        "photo": str(photo) if photo else None,
+    }  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", WORKER, json.dumps(args)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=NEEDS_BF16)])
+def test_a_warm_cache_serves_without_importing_torch(
+    tiny_weights, tmp_path, skimage_photos, precision
+):
+    ((label, how, built),) = prepare_models(TINY_CFG, tiny_weights, 0, [precision], tmp_path)
+    assert built and how.startswith("converted in "), how
+    photo = tmp_path / "coffee.png"
+    from PIL import Image
+
+    Image.fromarray(skimage_photos["coffee"]).save(photo)
+    got = start_worker(tiny_weights, tmp_path, "openvino", precision, photo=photo)
+    print(f"yolov3-tiny {label} warm start: {got['seconds']} s, peak RSS {got['rss_mb']} MB")
+    assert got["torch"] is False, "a warm OpenVINO worker imported torch"
+    assert got["label"] == label and "openvino model cached " in got["reason"]
+    assert got["labels"] == ["cup"]  # the serving path (numpy pre/post-processing) works
+
+
+def test_auto_caches_its_choice_and_the_next_worker_loads_only_the_winner(tiny_weights, tmp_path):
+    first = start_worker(tiny_weights, tmp_path, "auto", "auto")
+    assert first["reason"].startswith(f"auto: {first['label']} was fastest at load (")
+    (choice,) = tmp_path.glob("auto-*.json")
+    assert oct(choice.stat().st_mode & 0o777) == "0o644"
+    stored = json.loads(choice.read_text())
+    assert stored["chosen"] == first["label"] and first["label"] in stored["timings_ms"]
+    again = start_worker(tiny_weights, tmp_path, "auto", "auto")
+    print(f"auto: first start {first['seconds']} s, with the cached choice {again['seconds']} s")
+    assert again["label"] == first["label"]
+    assert again["reason"].startswith(f"auto: {first['label']} from the cached choice of ")
+    assert str(choice) in again["reason"] and "was fastest" not in again["reason"]
+    # only the winner loads: torch only where the winner needs it
+    assert again["torch"] is (again["engine"] != "openvino")
+
+
+def load(weights, cache):
+    return load_detector(
+        TINY_CFG, weights, COCO_NAMES, precision="fp32", threads=1, size=128,
+        memory_mb=64_000, cache_dir=cache,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("damage", "logged"),
+    [
+        (lambda p: p.chmod(0o666), "writable by group or others (mode 666)"),
+        (lambda p: p.parent.chmod(0o777), "writable by group or others (mode 777)"),
+        (lambda p: p.write_text("{"), "is unreadable"),
+        (
+            lambda p: p.write_text(p.read_text().replace('"threads": 1', '"threads": 7')),
+            "is for other inputs",
+        ),
+        (
+            lambda p: p.write_text(p.read_text().replace('"chosen": "', '"chosen": "x')),
+            "is for other inputs",
+        ),
+    ],
+    ids=["file-writable", "dir-writable", "corrupt", "other-fields", "unknown-engine"],
+)
+def test_an_untrusted_or_stale_choice_is_timed_again(
+    tiny_weights, tmp_path, caplog, damage, logged
+):
+    first = load(tiny_weights, tmp_path)
+    assert " was fastest at load (" in first.engine_reason
+    (choice,) = tmp_path.glob("auto-*.json")
+    assert " from the cached choice of " in load(tiny_weights, tmp_path).engine_reason
+    damage(choice)
+    with caplog.at_level(logging.WARNING, logger="detector.model.choice_cache"):
+        again = load(tiny_weights, tmp_path)
+    tmp_path.chmod(0o755)
+    assert " was fastest at load (" in again.engine_reason
+    assert logged in caplog.text and "timing again" in caplog.text
+
+
+def test_another_model_file_is_timed_again(tiny_weights, tmp_path):
+    load(tiny_weights, tmp_path)
+    other = tmp_path / "tiny.weights"
+    data = bytearray(tiny_weights.read_bytes())
+    data[-1] ^= 1
+    other.write_bytes(bytes(data))
+    assert " was fastest at load (" in load(other, tmp_path).engine_reason
+    assert len(list(tmp_path.glob("auto-*.json"))) == 2
