@@ -78,11 +78,12 @@ def decode(
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Return the IoU matrix of boxes (x1, y1, x2, y2): a is N x 4, b is M x 4."""
     a, b = np.asarray(a), np.asarray(b)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area_a = np.maximum(a[:, 2] - a[:, 0], 0) * np.maximum(a[:, 3] - a[:, 1], 0)
+    area_b = np.maximum(b[:, 2] - b[:, 0], 0) * np.maximum(b[:, 3] - b[:, 1], 0)
+    # per axis (no N x M x 2 arrays, no clip: both cost several times more in numpy)
+    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = np.maximum(iw, 0) * np.maximum(ih, 0)
     union = area_a[:, None] + area_b[None, :] - inter
     return inter / np.maximum(union, 1e-9)
 
@@ -166,5 +167,5 @@ def postprocess(
     keep = batched_nms(corners, score, cls, nms_threshold)
     corners = corners[keep]
     limit = np.array([width, height, width, height], dtype=np.float32)
-    corners = np.minimum(np.clip(corners, 0, None), limit)
+    corners = np.minimum(np.maximum(corners, 0), limit)
     return Boxes(corners, score[keep], cls[keep].astype(np.int64))
