@@ -27,10 +27,13 @@ AUTO_MIN_RUNS, AUTO_MAX_RUNS, AUTO_BUDGET_S = 2, 5, 2.0
 OPENCV_BASE_MB, OPENCV_PER_WEIGHTS_MB = 330, 6.6
 RESERVE_MB = sizing.RESERVE_MB  # left to the OS, nginx and the gunicorn master (one rule)
 # Peak RSS of a worker with the OpenVINO engine from a warm cache, load_detector + a 640x480
-# warm-up (OpenVINO 2026.4, random yolov3 weights of 248 MB, 416): fp32 973 MB, bf16 728 MB (the
-# IR holds fp16 weights). That is ~250 MB of process (torch + openvino imported) plus the IR's
-# constants (mmap), the CPU plugin's repacked copy and the pre/post-processing: fp32 3.1 x the
-# weights file, bf16 2.0 x. int8 (not measured) keeps a quarter of fp32's weights: bf16's bound.
+# warm-up (OpenVINO 2026.4, random yolov3 weights of 248 MB, 416), measured when torch was
+# imported too: fp32 973 MB, bf16 728 MB (the IR holds fp16 weights). That is ~250 MB of process
+# plus the IR's constants (mmap), the CPU plugin's repacked copy and the pre/post-processing: fp32
+# 3.1 x the weights file, bf16 2.0 x. int8 (not measured) keeps a quarter of fp32's weights:
+# bf16's bound. Kept as the bound of auto's timing start (torch and OpenVINO both loaded); a
+# worker that serves OpenVINO alone (cached choice or pinned: no torch) measured 2026-12-02, VmHWM:
+# yolov3-416 bf16 401-405 MB, fp32 648 MB; yolov3-tiny bf16 174-177 MB, fp32 211 MB.
 OPENVINO_BASE_MB = 250
 OPENVINO_PER_WEIGHTS = {"fp32": 3.1, "bf16": 2.0, "int8": 2.0}
 
