@@ -5,6 +5,12 @@ warm-up, then `--repeats` windows of `--concurrency` clients posting the same ph
 /api/v1/detect for `--duration` seconds each. Reports requests/s and latency percentiles as the
 median and the spread (min-max) of the windows, errors, the engine the server chose (/version)
 and the peak RSS of every worker. yolov3 runs on seeded random weights (timing only).
+
+A second table breaks a request down: the medians of the stages the server reports in its
+Server-Timing header (upload, decode, wait for the inference lock, preprocess, inference,
+postprocess, and the app's total), the client's p50 beside them (the rest is gunicorn, the
+socket and the client), and the CPU each request cost the server (master and workers, from
+/proc) and the load client: on a shared machine CPU ms per request is steadier than req/s.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "service" / "detector" / "data"
 DOG = ROOT.parent / "shared" / "testdata" / "dog.jpg"
 BENCH_DIR = ROOT / "weights" / ".bench"  # seeded random weights, kept between runs
-LAYOUTS = "2x1"  # workers x threads per worker
+LAYOUTS = "2x1"  # workers x request threads per worker (inference threads: cores / workers)
 MODELS = "yolov3-tiny,yolov3"
 DURATION_ENV = "BENCH_SERVING_SECONDS"
 QUICK_ENV = "BENCH_QUICK"  # set to 1: shorter windows, 2 repeats
@@ -87,7 +93,7 @@ def start_server(
         url[7:],
         "--workers",
         str(workers),
-        "--threads",
+        "--request-threads",
         str(threads),
     ]
     process = subprocess.Popen(
@@ -119,9 +125,51 @@ def stop_server(process: subprocess.Popen) -> None:
             process.wait(5)
 
 
+def worker_pids(master_pid: int) -> list[int]:
+    """Return the PIDs of the gunicorn master's children (its workers)."""
+    return [
+        int(pid)
+        for pid in Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+    ]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """Return the CPU time (user + system, s) the processes have used; ended ones count 0."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime (stat(5) 14, 15)
+    return total
+
+
+def parse_server_timing(value: str) -> dict[str, float]:
+    """Return {name: ms} from a Server-Timing header (`decode;dur=3.6, total;dur=20.1`)."""
+    result = {}
+    for part in value.split(","):
+        name, _, params = part.strip().partition(";")
+        for param in params.split(";"):
+            key, _, number = param.strip().partition("=")
+            if name and key == "dur":
+                try:
+                    result[name] = float(number)
+                except ValueError:
+                    pass
+    return result
+
+
+def stage_medians(timings: list[dict[str, float]]) -> dict[str, float]:
+    """Return the median ms of each stage over the requests, in the server's stage order."""
+    names = list(dict.fromkeys(name for timing in timings for name in timing))
+    return {name: statistics.median(t[name] for t in timings if name in t) for name in names}
+
+
 def worker_memory_mb(master_pid: int) -> list[tuple[float, float]]:
     """(RSS, peak RSS) in MB of each worker of the gunicorn master."""
-    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+    children = worker_pids(master_pid)
     result = []
     for pid in children:
         fields = {}
@@ -138,6 +186,7 @@ def load(url: str, name: str, data: bytes, concurrency: int, seconds: float) -> 
     """Post `data` from `concurrency` threads for `seconds`; return latencies and errors."""
     latencies: list[float] = []
     errors: list[str] = []
+    timings: list[dict[str, float]] = []
     lock = threading.Lock()
     stop_at = time.monotonic() + seconds
 
@@ -149,11 +198,14 @@ def load(url: str, name: str, data: bytes, concurrency: int, seconds: float) -> 
                     response = http.post(url + "/api/v1/detect", files={"file": (name, data)})
                     ok = response.status_code == 200
                     problem = "" if ok else f"HTTP {response.status_code}"
+                    timing = parse_server_timing(response.headers.get("server-timing", ""))
                 except httpx.HTTPError as exc:
                     problem = type(exc).__name__
                 elapsed = time.perf_counter() - started
                 with lock:
                     (errors.append(problem) if problem else latencies.append(elapsed))
+                    if not problem and timing:
+                        timings.append(timing)
 
     threads = [threading.Thread(target=client) for _ in range(concurrency)]
     began = time.monotonic()
@@ -161,7 +213,12 @@ def load(url: str, name: str, data: bytes, concurrency: int, seconds: float) -> 
         thread.start()
     for thread in threads:
         thread.join()
-    return {"latencies": sorted(latencies), "errors": errors, "wall": time.monotonic() - began}
+    return {
+        "latencies": sorted(latencies),
+        "errors": errors,
+        "wall": time.monotonic() - began,
+        "timings": timings,
+    }
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -195,10 +252,21 @@ def run_layout(model: str, layout: str, args, name: str, data: bytes, log) -> di
         info = httpx.get(url + "/version", timeout=10).json()
         engine = "-".join(str(info[k]) for k in ("engine", "precision") if info.get(k)) or "?"
         load(url, name, data, args.concurrency, min(5.0, args.duration / 2))  # warm-up
-        windows = [
-            window_figures(load(url, name, data, args.concurrency, args.duration))
-            for _ in range(args.repeats)
-        ]
+        raw, server_cpu, client_cpu, seen = [], [], [], set()
+        for _ in range(args.repeats):
+            pids = [process.pid, *worker_pids(process.pid)]
+            seen.update(pids[1:])
+            server, client = cpu_seconds(pids), time.process_time()
+            window = load(url, name, data, args.concurrency, args.duration)
+            answered = max(1, len(window["latencies"]) + len(window["errors"]))
+            client_cpu.append((time.process_time() - client) * 1000 / answered)
+            now = worker_pids(process.pid)
+            seen.update(now)
+            if sorted(now) == sorted(pids[1:]):  # a recycled worker's CPU cannot be read
+                server_cpu.append((cpu_seconds(pids) - server) * 1000 / answered)
+            raw.append(window)
+        windows = [window_figures(window) for window in raw]
+        latencies = sorted(x for w in raw for x in w["latencies"])
         memory = worker_memory_mb(process.pid)
     finally:
         stop_server(process)
@@ -209,6 +277,11 @@ def run_layout(model: str, layout: str, args, name: str, data: bytes, log) -> di
         "engine": engine,
         "windows": windows,
         "memory": memory,
+        "stages": stage_medians([t for w in raw for t in w["timings"]]),
+        "client_p50": percentile(latencies, 0.5),
+        "server_cpu_ms": statistics.median(server_cpu) if server_cpu else float("nan"),
+        "client_cpu_ms": statistics.median(client_cpu),
+        "restarts": len(seen) - workers,  # workers started during the windows (max_requests)
     }
 
 
@@ -242,6 +315,32 @@ def table(results: list[dict], args, name: str) -> str:
             f"{sum(x['requests'] for x in w)} | {spread([x['rps'] for x in w], 1)} | "
             f"{spread([x['p50'] for x in w])} | {spread([x['p99'] for x in w])} | "
             f"{spread(ratios, 1) if ratios else '–'} | {sum(x['errors'] for x in w)} | {memory} |"
+        )
+    return "\n".join(lines) + "\n\n" + stage_table(results)
+
+
+def stage_table(results: list[dict]) -> str:
+    """Format each row's per-request breakdown: server stages, client p50, CPU per request."""
+    names = list(dict.fromkeys(name for r in results for name in r.get("stages", {})))
+    lines = [
+        "Per request, medians over all windows (ms): the stages the server reports in its "
+        "Server-Timing header (`total` = inside the app), the client's p50 (the difference is "
+        "gunicorn, the socket and the client), the CPU per request (answers, 503s "
+        "included; median of the windows without a worker restart) of the server (master + "
+        "workers) and of the load client, and the workers restarted during the windows "
+        "(gunicorn's max_requests counts every request).",
+        "",
+        "| model | layout | "
+        + " | ".join(names)
+        + " | client p50 | server CPU | client CPU | worker restarts |",
+        "|---|---|" + "---:|" * (len(names) + 4),
+    ]
+    for r in results:
+        stages = r.get("stages", {})
+        cells = [f"{stages[n]:.1f}" if n in stages else "–" for n in names]
+        lines.append(
+            f"| {r['model']} | {r['layout']} | " + " | ".join(cells) + f" | {r['client_p50']:.1f}"
+            f" | {r['server_cpu_ms']:.1f} | {r['client_cpu_ms']:.1f} | {r['restarts']} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -42,8 +42,8 @@ INFERENCE = Histogram(
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STAGES = Histogram(
     "detector_stage_seconds",
-    "Time of one detection request by stage: upload (multipart read), decode, wait (for the "
-    "worker's inference lock), preprocess, inference (forward pass), postprocess",
+    "Time of one detection request by stage: upload (receiving and parsing the request), decode, "
+    "wait (for the worker's inference lock), preprocess, inference (forward pass), postprocess",
     ["stage"],
     buckets=STAGE_BUCKETS,
 )

@@ -38,7 +38,8 @@ class Result:
     image: Image.Image
     size: tuple[int, int]  # original (oriented) size; image may be smaller with draft
     detections: list
-    timing_ms: dict  # ms by stage: upload, decode, wait (inference lock), STAGES (see _detect)
+    timing_ms: dict  # ms by stage: upload (the request up to the image bytes), decode, wait
+    # (for the inference lock), STAGES (see _detect)
 
 
 @dataclass
@@ -93,9 +94,9 @@ def detect_upload(*, draft: bool = False, field: str = FIELD) -> Result:
     app = current_app
     config = app.config["DETECTOR"]
     bounds: Bounds = app.extensions["bounds"]
-    started = time.perf_counter()
+    started = g.get("started") or time.perf_counter()  # the request's start (app.py)
     data = read_upload(field)
-    upload_s = time.perf_counter() - started
+    upload_s = time.perf_counter() - started  # routing, reading and parsing the body
     metrics.STAGES.labels("upload").observe(upload_s)
     detector = app.extensions["detector"].get()
     orientation = request.form.get("orientation")
