@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 
 import pytest
 from detector.model import load_detector
+from detector.model.engines import bf16_flag
 from detector.model.openvino_engine import prepare_models
 from model_helpers import COCO_NAMES
 from model_helpers import NEEDS_BF16
@@ -30,6 +32,7 @@ def peak_rss_mb():  # VmHWM: this process image's peak (ru_maxrss keeps the fork
 
 
 from detector.model import load_detector
+from detector.model.engines import bf16_flag
 from PIL import Image
 args = json.loads(sys.argv[1])
 det = load_detector(args["cfg"], args["weights"], args["names"], engine=args["engine"],
@@ -163,3 +166,37 @@ def test_a_yolov3_416_openvino_worker_stays_under_600_mb(yolov3_random_weights, 
         )
         assert got["torch"] is False and got["label"] == label
         assert got["rss_mb"] <= YOLOV3_WORKER_MB, got
+
+
+APP = """
+import io, json, sys
+from detector.app import create_app
+from PIL import Image
+client = create_app().test_client()
+jpeg = io.BytesIO()
+Image.new("RGB", (64, 48), (120, 120, 120)).save(jpeg, "JPEG")
+jpeg.seek(0)
+detect = client.post("/api/v1/detect", data={"file": (jpeg, "grey.jpg")})
+version = client.get("/version").get_json()
+torch = "torch" in sys.modules
+print(json.dumps({"status": detect.status_code, "version": version, "torch": torch}))
+"""
+
+
+def test_the_app_serves_a_request_from_a_warm_cache_without_torch(tiny_weights, tmp_path):
+    precision = "bf16" if bf16_flag() else "fp32"
+    prepare_models(TINY_CFG, tiny_weights, 0, [precision], tmp_path)
+    env = {
+        **os.environ,
+        "DETECTOR_WEIGHTS_DIR": str(tiny_weights.parent),
+        "DETECTOR_ENGINE": "openvino",
+        "DETECTOR_PRECISION": precision,
+        "DETECTOR_OPENVINO_CACHE_DIR": str(tmp_path),
+    }
+    env.pop("DETECTOR_CONFIG", None)
+    out = subprocess.run([sys.executable, "-c", APP], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["status"] == 200 and got["version"]["engine"] == "openvino"
+    assert "openvino model cached " in got["version"]["engine_reason"]
+    assert got["torch"] is False, "the app imported torch to serve an OpenVINO model"
