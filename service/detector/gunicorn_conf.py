@@ -35,10 +35,10 @@ in-flight requests finish on reload/stop; `max_requests` (1000 + jitter 100) rec
 slowly so leaks cannot grow unbounded. 503 answers (the gate's "busy", a deadline) do not count
 towards it (post_request): they hold no memory, and counted they made an overloaded worker
 recycle every few seconds (measured 2026-12-02, 1 worker x 2 threads, 4 clients, 1 admitted:
-~80 answers/s, mostly 503, a restart every 10-14 s, each boot 2.3-2.5 s of CPU and 4.5-6 s
-before it served again on the loaded 2-core machine). One source: these come from the
-config, which production renders from the Ansible defaults (a test checks both agree), so the
-unit passes no flags.
+~80 answers/s, mostly 503, a restart every 10-14 s; a worker boot takes 0.6-0.7 s of CPU and
+1.6-2.3 s before it serves again, torch-free, on the loaded 2-core machine). One source:
+these come from the config, which production renders from the Ansible defaults (a test checks
+both agree), so the unit passes no flags.
 """
 
 from __future__ import annotations
