@@ -214,3 +214,15 @@ def test_auto_takes_the_fastest_or_openvino_within_the_tie_margin():
     assert words.startswith("was within 10% of the fastest, torch-fp32, at load: OpenVINO wins")
     # int8 and bf16 both OpenVINO: the faster one, no tie rule between them
     assert pick(["openvino", "openvino"], ["openvino-bf16", "openvino-int8"], [50, 48])[0] == 1
+
+
+def test_an_unwritable_cache_still_loads_and_says_the_choice_is_not_kept(
+    tiny_weights, tmp_path, caplog
+):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    with caplog.at_level(logging.WARNING, logger="detector.model.choice_cache"):
+        detector = load(tiny_weights, blocked / "cache")
+    assert " at load (" in detector.engine_reason
+    assert "cannot cache auto's choice in" in caplog.text and "times again" in caplog.text
+    assert list(tmp_path.iterdir()) == [blocked]  # no temp file left behind

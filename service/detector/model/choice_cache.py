@@ -88,6 +88,7 @@ def write_choice(path: Path, fields: dict, chosen: str, timings_ms: dict, rounds
         "rounds": rounds,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    tmp = None
     try:
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -97,6 +98,8 @@ def write_choice(path: Path, fields: dict, chosen: str, timings_ms: dict, rounds
         os.replace(tmp, path)
     except OSError as exc:
         log.warning("cannot cache auto's choice in %s (%s); the next worker times again", path, exc)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def words(data: dict, path: Path) -> str:
