@@ -5,19 +5,19 @@ from __future__ import annotations
 import os
 import time
 
-from bench import serving_bench
+from bench import serving_stages
 
 
 def test_server_timing_header_is_parsed_into_ms_by_stage():
     header = "upload;dur=0.4, decode;dur=3.6,wait;dur=0.0, total;desc=app;dur=21.25, cache"
-    assert serving_bench.parse_server_timing(header) == {
+    assert serving_stages.parse_server_timing(header) == {
         "upload": 0.4,
         "decode": 3.6,
         "wait": 0.0,
         "total": 21.25,
     }
-    assert serving_bench.parse_server_timing("") == {}
-    assert serving_bench.parse_server_timing("decode;dur=oops") == {}
+    assert serving_stages.parse_server_timing("") == {}
+    assert serving_stages.parse_server_timing("decode;dur=oops") == {}
 
 
 def test_stage_medians_keep_the_server_order_and_skip_missing_stages():
@@ -26,18 +26,18 @@ def test_stage_medians_keep_the_server_order_and_skip_missing_stages():
         {"decode": 5.0, "inference": 12.0, "total": 19.0},
         {"decode": 4.0, "wait": 6.0, "inference": 11.0, "total": 23.0},
     ]
-    medians = serving_bench.stage_medians(timings)
+    medians = serving_stages.stage_medians(timings)
     assert list(medians) == ["decode", "inference", "total", "wait"]
     assert medians == {"decode": 4.0, "inference": 11.0, "total": 19.0, "wait": 6.0}
-    assert serving_bench.stage_medians([]) == {}
+    assert serving_stages.stage_medians([]) == {}
 
 
 def test_cpu_seconds_counts_what_a_process_used_and_ignores_ended_ones():
-    before = serving_bench.cpu_seconds([os.getpid()])
+    before = serving_stages.cpu_seconds([os.getpid()])
     end = time.process_time() + 0.3
     while time.process_time() < end:  # burn 0.3 s of CPU in this process
         pass
-    used = serving_bench.cpu_seconds([os.getpid(), 2**22 + 1])  # no such PID (pid_max 2**22)
+    used = serving_stages.cpu_seconds([os.getpid(), 2**22 + 1])  # no such PID (pid_max 2**22)
     assert used - before >= 0.25  # clock ticks are 10 ms
 
 
@@ -51,7 +51,7 @@ def test_the_stage_table_puts_each_rows_stages_beside_its_client_p50_and_cpu():
         "client_cpu_ms": 1.2,
         "restarts": 1,
     }
-    text = serving_bench.stage_table([row, {**row, "stages": {"decode": 4.0}}])
+    text = serving_stages.stage_table([row, {**row, "stages": {"decode": 4.0}}])
     lines = text.splitlines()
     assert lines[2] == (
         "| model | layout | decode | inference | total | client p50 | server CPU | client CPU "
