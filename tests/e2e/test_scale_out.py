@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from detector import sizing
 
 from deploy import commands
 from deploy import health
@@ -30,12 +32,18 @@ ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "scale-out"
 FAB = str(Path(sys.executable).with_name("fab"))
 RESULTS: dict = {}
+# Load clients = the detections ONE detector admits at once (sizing.admitted: 1 per worker),
+# set from the provisioning's printed sizing: a roll drains one detector, so the other alone
+# must admit all of it; more clients would be refused 503 by design (test_overload), which
+# these no-drop checks count as failed. fab's gate checks a drained detector over SSH.
+CLIENTS: list[int] = []
 
 
 class Load:
     """Bounded load through the lb: `clients` threads POST detections until stopped or limits."""
 
-    def __init__(self, lb, image: bytes, clients=4, pause_s=0.5, max_s=600, max_requests=3000):
+    def __init__(self, lb, image: bytes, clients=0, pause_s=0.5, max_s=600, max_requests=3000):
+        clients = clients or CLIENTS[0]
         self.lb, self.image, self.pause_s = lb, image, pause_s
         self.deadline = time.monotonic() + max_s
         self.max_requests = max_requests
@@ -108,7 +116,7 @@ def scale(testbed, testbed_hosts, tmp_path_factory):
         guard(h.address)
     work = tmp_path_factory.mktemp("scale-out")
     testbed.build_wheelhouse(wheelhouse_requirements(work / "requirements.txt"))
-    # No A record moves (other e2e tests share the bed's DNS); 4 unpaused clients stay under
+    # No A record moves (other e2e tests share the bed's DNS); unpaused clients stay under
     # the per-client limits; short fab deadlines so failing gates end quickly.
     values = variables(
         testbed,
@@ -149,6 +157,10 @@ def scale(testbed, testbed_hosts, tmp_path_factory):
     (ARTIFACTS / "provision.log").write_text(run.stdout + run.stderr)
     _record("provision_3_hosts_s", round(time.monotonic() - start, 1))
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    workers = [int(w) for w in re.findall(r"(\d+) worker\(s\) x", run.stdout)]
+    assert workers, "provision.yml prints each detector's sizing"
+    CLIENTS[:] = [sizing.admitted(min(workers))]
+    _record("clients_per_load", CLIENTS[0])
     fab_env = {**os.environ, inventory.INVENTORY_ENV: str(path)}
     hosts, bal = inventory.load_with_balancer(str(path))
     assert bal is not None and bal.host.address == lb_host.address
@@ -168,6 +180,16 @@ def test_only_the_lb_serves_tls_and_detectors_admit_their_port_only_from_it(scal
                 socket.create_connection((h.address, port), timeout=3).close()
     ready = health.https(bal.host, bal.host.https_ports[0], "GET", "/readyz", timeout=15)
     assert ready.status in (502, 503)  # the lb's verified TLS; nothing deployed behind it yet
+    lb = remote.connect(bal.host)
+    try:
+        upstream = remote.run(lb, ["cat", bal.host.upstream_conf]).stdout
+    finally:
+        lb.close()
+    # The lb passes each detector at most what that detector's own nginx passes on (its
+    # sizing's max_conns = 2 per worker), counted over the lb's nginx workers (the zone).
+    assert "zone " in upstream, upstream
+    bound = f"max_conns={2 * CLIENTS[0]}"  # equal hosts: 2 x the detections one admits
+    assert upstream.count(bound) == len(hosts), upstream
 
 
 def test_first_deploy_then_both_detectors_serve_through_the_lb(scale, image):
@@ -175,7 +197,7 @@ def test_first_deploy_then_both_detectors_serve_through_the_lb(scale, image):
     proc = fab("deploy", "--allow-dirty", env=env, name="deploy-first")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "live on 2 host(s)" in proc.stdout
-    with Load(bal.host, image, clients=4, pause_s=0.2, max_s=60, max_requests=60) as load:
+    with Load(bal.host, image, pause_s=0.2, max_s=60, max_requests=60) as load:
         for t in load.threads:
             t.join(timeout=60)
     assert not load.failed(), load.failed()[:5]
@@ -185,7 +207,7 @@ def test_first_deploy_then_both_detectors_serve_through_the_lb(scale, image):
 
 def test_rolling_deploy_under_load_fails_no_request(scale, image):
     env, hosts, bal = scale
-    with Load(bal.host, image, clients=4, pause_s=0.5, max_s=600) as load:
+    with Load(bal.host, image, pause_s=0.5, max_s=600) as load:
         load.stop_event.wait(3)
         proc = fab("deploy", "--allow-dirty", env=env, name="deploy-rolling")
         load.stop_event.wait(3)
@@ -205,7 +227,7 @@ def test_status_and_rollback_behind_the_lb(scale, image):
     status = fab("status", env=env, name="status")
     assert status.returncode == 0, status.stdout[-2000:] + status.stderr[-2000:]
     assert status.stdout.count("(behind the lb) /readyz 200") == len(hosts), status.stdout
-    with Load(bal.host, image, clients=4, pause_s=0.5, max_s=600) as load:
+    with Load(bal.host, image, pause_s=0.5, max_s=600) as load:
         proc = fab("rollback", env=env, name="rollback")
         load.stop_event.wait(2)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -221,7 +243,7 @@ def test_throughput_with_two_detectors_and_with_one(scale, image):
     try:
         for label, down in (("two", []), ("one", [bal.servers[1][0]])):
             rolling.set_down(lb, bal, down)
-            with Load(bal.host, image, clients=4, pause_s=0, max_s=20, max_requests=2000) as load:
+            with Load(bal.host, image, pause_s=0, max_s=20, max_requests=2000) as load:
                 load.stop_event.wait(20)
             assert not load.failed(), load.failed()[:5]
             assert len(load.per_host()) == (2 if not down else 1), load.per_host()
@@ -238,7 +260,7 @@ def test_stopping_one_detector_fails_no_request(scale, image):
     victim = hosts[1]
     c = remote.connect(victim)
     try:
-        with Load(bal.host, image, clients=4, pause_s=0.2, max_s=120) as load:
+        with Load(bal.host, image, pause_s=0.2, max_s=120) as load:
             load.stop_event.wait(5)
             stopped = time.monotonic()
             for color in commands.COLORS:
