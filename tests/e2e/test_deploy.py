@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from detector import sizing
 
 from deploy import cert
 from deploy import health
@@ -45,9 +47,16 @@ BROKEN = {
 
 
 class Load:
-    """Bounded load: `clients` threads POST detections through nginx until stopped (or limits)."""
+    """Bounded load: `clients` threads POST detections through nginx until stopped (or limits).
 
-    def __init__(self, host, image: bytes, clients=4, pause_s=1.0, max_s=900, max_requests=4000):
+    The default load is what a deploy promises to serve without a failed request: one client
+    (0.3 s pause, far under nginx's per-client rate) plus fab's own gate detection after the
+    switch fit the 2 detections a 2-worker host admits (sizing.admitted, 1 per worker; bed_env
+    checks the host has them). More concurrent detections than admitted are refused 503 by
+    design (tests/e2e/test_overload.py), which these checks would count as failed.
+    """
+
+    def __init__(self, host, image: bytes, clients=1, pause_s=0.3, max_s=900, max_requests=4000):
         self.host, self.image, self.pause_s = host, image, pause_s
         self.deadline = time.monotonic() + max_s
         self.max_requests = max_requests
@@ -141,6 +150,8 @@ def bed_env(testbed, testbed_hosts, tmp_path_factory):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "provision.log").write_text(run.stdout + run.stderr)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    workers = min(int(w) for w in re.findall(r"(\d+) worker\(s\) x", run.stdout))
+    assert sizing.admitted(workers) >= 2, f"Load's client + fab's gate need 2; {workers} worker"
     # fab's inventory: the bed's hosts, the same values as host vars (they outrank the
     # detector role's defaults), and short deadlines so failing gates end quickly.
     inv = work / "inventory"
