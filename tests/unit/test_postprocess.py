@@ -38,7 +38,7 @@ def test_letterbox_pads_with_grey_and_keeps_pixels():
     image = Image.new("RGB", (200, 100), (255, 0, 51))
     x, box = letterbox(image, 64, 64)
     assert x.shape == (1, 3, 64, 64) and x.dtype == np.float32
-    assert x.transpose(0, 2, 3, 1).flags.c_contiguous  # NHWC memory: torch's channels_last
+    assert x.flags.c_contiguous  # plain NCHW: OpenVINO and OpenCV take it without a copy
     assert (box.new_width, box.new_height, box.dx, box.dy) == (64, 32, 0, 16)
     assert np.all(x[0, :, :16] == PAD_VALUE) and np.all(x[0, :, 48:] == PAD_VALUE)
     inside = x[0, :, 16:48]

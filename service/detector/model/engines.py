@@ -147,8 +147,8 @@ class TorchEngine:
         import torch
 
         with torch.inference_mode():
-            x = torch.from_numpy(np.asarray(x, dtype=np.float32)).to(self.dtype)
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = torch.from_numpy(np.asarray(x, dtype=np.float32))
+            x = x.to(dtype=self.dtype, memory_format=torch.channels_last)  # one copy
             return [m.float().numpy() for m in self.model(x)]
 
 

@@ -47,17 +47,18 @@ def resize(image: Image.Image, width: int, height: int) -> np.ndarray:
 
 
 def letterbox(image: Image.Image, net_w: int, net_h: int) -> tuple[np.ndarray, Letterbox]:
-    """Return the 1x3xHxW float32 input (values 0..1) and its placement.
+    """Return the C-contiguous 1x3xHxW float32 input (values 0..1) and its placement.
 
-    The array is an NCHW view of an NHWC buffer (torch's channels_last memory: TorchEngine
-    wraps it without a copy; np.ascontiguousarray gives plain NCHW).
+    Plain NCHW, what OpenVINO and OpenCV take without a copy (measured at 416 from 1155x866:
+    1.8 ms; an NHWC buffer plus the transposing copy 2.2 ms); TorchEngine makes its
+    channels_last copy in the same step as its dtype conversion.
     :param image: an RGB image.
     """
     if image.mode != "RGB":
         image = image.convert("RGB")
     box = letterbox_geometry(image.width, image.height, net_w, net_h)
     pixels = resize(image, box.new_width, box.new_height)
-    canvas = np.full((1, net_h, net_w, 3), PAD_VALUE, dtype=np.float32)
-    inner = canvas[0, box.dy : box.dy + box.new_height, box.dx : box.dx + box.new_width]
-    np.multiply(pixels, np.float32(1.0 / 255.0), out=inner)
-    return canvas.transpose(0, 3, 1, 2), box
+    canvas = np.full((1, 3, net_h, net_w), PAD_VALUE, dtype=np.float32)
+    inner = canvas[0, :, box.dy : box.dy + box.new_height, box.dx : box.dx + box.new_width]
+    np.multiply(pixels.transpose(2, 0, 1), np.float32(1.0 / 255.0), out=inner)
+    return canvas, box
