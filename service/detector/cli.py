@@ -256,7 +256,27 @@ def _prepare(args: argparse.Namespace) -> int:
     results = prepare_models(spec.cfg, spec.weights, settings.size, precisions, cache, cpu_count())
     for label, how, built in results:
         print(f"{spec.name} {label}: {'built' if built else 'unchanged'}: {how}", flush=True)
+    if settings.engine == "auto" and not args.precision:
+        _prepare_auto_choice(settings, spec.name)
     return 0
+
+
+def _prepare_auto_choice(settings, name: str) -> None:
+    """Time auto's candidates as the service's workers will load them, and cache the choice.
+
+    Same config, worker count and threads as runtime.ModelHolder: the workers then find the
+    choice and load only the winner (without torch when OpenVINO wins), none times at start.
+    """
+    from detector.manifest import load_configured
+    from detector.model.choice_cache import CACHED
+    from detector.runtime import torch_threads
+    from detector.runtime import worker_count
+
+    detector = load_configured(
+        settings, workers=worker_count(settings), threads=torch_threads(settings)
+    )
+    built = CACHED not in detector.engine_reason
+    print(f"{name} auto: {'built' if built else 'unchanged'}: {detector.engine_reason}", flush=True)
 
 
 def _fetch(args: argparse.Namespace) -> int:

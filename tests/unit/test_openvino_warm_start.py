@@ -226,3 +226,30 @@ def test_an_unwritable_cache_still_loads_and_says_the_choice_is_not_kept(
     assert " at load (" in detector.engine_reason
     assert "cannot cache auto's choice in" in caplog.text and "times again" in caplog.text
     assert list(tmp_path.iterdir()) == [blocked]  # no temp file left behind
+
+
+def test_detector_prepare_times_auto_so_no_worker_does(tiny_weights, tmp_path):
+    """`detector prepare` (provisioning) leaves the choice the service's workers then read."""
+    env = {
+        **os.environ,
+        "DETECTOR_WEIGHTS_DIR": str(tiny_weights.parent),
+        "DETECTOR_ENGINE": "auto",
+        "DETECTOR_OPENVINO_CACHE_DIR": str(tmp_path),
+        "DETECTOR_WORKERS": "2",  # what the role writes into a host's config
+        "DETECTOR_THREADS": "1",
+    }
+    env.pop("DETECTOR_CONFIG", None)
+    prepare = [sys.executable, "-m", "detector", "prepare"]
+    first = subprocess.run(prepare, capture_output=True, text=True, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "yolov3-tiny auto: built: auto: " in first.stdout, first.stdout
+    again = subprocess.run(prepare, capture_output=True, text=True, env=env)
+    assert "yolov3-tiny auto: unchanged: auto: " in again.stdout, again.stdout
+    assert "from the cached choice of" in again.stdout
+    out = subprocess.run([sys.executable, "-c", APP], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["status"] == 200
+    assert "from the cached choice of" in got["version"]["engine_reason"]  # no timing here
+    if got["version"]["engine"] == "openvino":
+        assert got["torch"] is False, "the worker imported torch although OpenVINO won"
