@@ -67,8 +67,8 @@ class Config:
     # gunicorn (detector.gunicorn_conf reads these; the unit passes no flags of its own):
     worker_timeout_s: int = 120  # a worker silent this long is killed (hung loop watchdog)
     graceful_timeout_s: int = 60  # in-flight requests finish within this on stop/reload
-    max_requests: int = 1000  # a worker is recycled after this many requests ...
-    max_requests_jitter: int = 100  # ... plus a random 0..N, so workers do not recycle together
+    max_requests: int = 10000  # a worker is recycled after this many requests ...
+    max_requests_jitter: int = 1000  # ... plus a random 0..N, so workers do not recycle together
     # API keys (detector.auth): empty = detection endpoints open; never shown by repr or logs
     api_keys: tuple[str, ...] = field(default_factory=tuple, repr=False)
     # with keys on: a request on the unix socket with no proxy header (not via nginx) needs none

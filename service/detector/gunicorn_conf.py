@@ -31,7 +31,7 @@ after it; limits.Runner) since a threaded worker's `timeout` only catches a hung
 `timeout` (config worker_timeout_s, 120 s) is that watchdog. A detection still running after
 detection_limit_s (default 2 x the deadline) makes its worker recycle itself (limits.arm_watchdog:
 logged CRITICAL, counted in detector_watchdog_recycles_total); `graceful_timeout` (60 s) lets
-in-flight requests finish on reload/stop; `max_requests` (1000 + jitter 100) recycles workers
+in-flight requests finish on reload/stop; `max_requests` (10000 + jitter 1000) recycles workers
 slowly so leaks cannot grow unbounded. 503 answers (the gate's "busy", a deadline) do not count
 towards it (post_request): they hold no memory, and counted they made an overloaded worker
 recycle every few seconds (measured 2026-12-02, 1 worker x 2 threads, 4 clients, 1 admitted:
