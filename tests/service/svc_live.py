@@ -57,7 +57,7 @@ class LiveServer:
             self.bind,
             "--workers",
             str(self.workers),
-            "--threads",
+            "--request-threads",
             str(self.threads),
         ]
         self._log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL

@@ -6,6 +6,7 @@ import base64
 import io
 import random
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,8 +41,8 @@ def server():
     """One live server for this module, stopped by PID at the end."""
     require_weights()
     ARTIFACTS.mkdir(exist_ok=True)
-    # More admitted detections than the default 2 per worker: this module checks that concurrent
-    # requests never mix results up, not admission (tests/service/test_bounds_live.py does).
+    # More admitted detections than the default (1 per worker, sizing.admitted): this module
+    # checks that concurrent requests never mix results up, not admission (test_bounds_live.py).
     live = LiveServer(
         workers=2,
         threads=2,
@@ -120,8 +121,11 @@ def test_oversized_body_is_413_json_through_gunicorn(server):
 
 def test_access_log_has_request_id_and_latency(server):
     httpx.get(server.url + "/healthz", headers={"X-Request-ID": "log-probe-42"}, timeout=10)
-    log = (ARTIFACTS / "live-server.log").read_text()
-    assert re.search(r'"GET /healthz HTTP/1.1" 200 \d+B \d+ms rid=log-probe-42', log)
+    line = r'"GET /healthz HTTP/1.1" 200 \d+B \d+ms rid=log-probe-42'
+    deadline = time.monotonic() + 10  # gunicorn logs the request after it sent the answer
+    while not re.search(line, log := (ARTIFACTS / "live-server.log").read_text()):
+        assert time.monotonic() < deadline, log[-2000:]
+        time.sleep(0.05)
 
 
 def test_unix_socket_bind_serves_and_cleans_up(tmp_path):
