@@ -25,6 +25,9 @@ DETECTION_ERRORS = {
 _SECURITY = [{}, {"bearer": []}, {"apiKeyHeader": []}]  # keys are optional (off by default)
 
 
+_TIMING = {"Server-Timing": {"$ref": "#/components/headers/ServerTiming"}}
+
+
 def _ref(name: str) -> dict:
     return {"$ref": _REF + name}
 
@@ -150,7 +153,7 @@ def _paths(labels: list[str] | None) -> dict:
                 "parameters": seed_query,
                 "requestBody": _upload_body("file", options, raw=False, extra=orientation),
                 "responses": {
-                    "200": _json(_ref("DrawnResult"), "The image with boxes drawn."),
+                    "200": _json(_ref("DrawnResult"), "The image with boxes drawn.", _TIMING),
                     **_errors(DETECTION_ERRORS),
                 },
             },
@@ -172,7 +175,7 @@ def _paths(labels: list[str] | None) -> dict:
                 "parameters": _query(options),
                 "requestBody": _upload_body("file", options, raw=True),
                 "responses": {
-                    "200": _json(_ref("DetectResult"), "What the model found."),
+                    "200": _json(_ref("DetectResult"), "What the model found.", _TIMING),
                     **_errors(DETECTION_ERRORS),
                 },
             }
@@ -199,7 +202,9 @@ def _paths(labels: list[str] | None) -> dict:
                     raw=False,
                 ),
                 "responses": {
-                    "200": _json(_ref("DeepStackResult"), "Predictions in integer pixels."),
+                    "200": _json(
+                        _ref("DeepStackResult"), "Predictions in integer pixels.", _TIMING
+                    ),
                     **_errors(DETECTION_ERRORS, "DeepStackError"),
                 },
             }

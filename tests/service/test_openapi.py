@@ -186,6 +186,12 @@ def check(client: httpx.Client, base: str, document: dict, cases: list[Case]) ->
         assert response.status_code == case.status, what
         request = OpenAPIRequest(response.request)
         spec.validate_response(request, OpenAPIResponse(response))  # undocumented status: error
+        operation = document["paths"][request.path][case.method]
+        declared = set(operation["responses"][str(case.status)].get("headers", {}))
+        missing = sorted(h for h in declared if h not in response.headers)  # case-insensitive
+        assert not missing, f"{what}: documented headers {missing} not sent"
+        if "server-timing" in response.headers:  # sent, so documented
+            assert "Server-Timing" in declared, f"{what}: Server-Timing is not documented"
         if case.status < 400 or case.status in (401, 503):  # valid requests
             spec.validate_request(request)
         seen.add((request.path, case.method, case.status))
