@@ -20,8 +20,10 @@ Rule:
 - nginx passes at most max_conns = workers x threads connections to one color at once (upstream
   max_conns): gunicorn never queues a connection, the excess gets nginx's 503 + Retry-After;
 - torch threads per worker = cores / workers, so workers never oversubscribe the cores;
-- nginx lets one client send rate_per_s = cores / the model's CPU seconds per image (bench/
-  results.md: ~0.72 s yolov3-416, ~0.07 s tiny, torch fp32) with a burst of max_inflight;
+- nginx lets one client send rate_per_s = cores / the model's CPU seconds per image with a burst
+  of max_inflight: the fastest this host may serve (the engine `auto` picks on a CPU with
+  AMX/AVX512-BF16), so a client that waits for its answers is never refused 429; a slower CPU
+  is bounded by admission and max_conns instead (503 + Retry-After at once);
 - the unit's MemoryMax is one color's share (never below its workers' cost) and MemoryHigh
   (reclaim and throttle) 7/8 of it; OOMPolicy=continue lets gunicorn replace a killed worker.
 """
@@ -37,7 +39,10 @@ from dataclasses import dataclass
 RESERVE_MB = 512  # the OS, nginx, sshd
 MODEL_MEMORY_MB = {"yolov3-tiny": 300, "yolov3": 550}
 DEFAULT_MODEL_MEMORY_MB = 1000  # custom models: a guess on the safe side
-MODEL_CPU_SECONDS = {"yolov3-tiny": 0.1, "yolov3": 0.75}  # per image, 1 thread
+# CPU seconds per image served, `make bench` serving 2026-12-02 (2 workers x 1 thread on 2 cores,
+# openvino-bf16): tiny 96.9 req/s, yolov3 (608) 22.3 req/s. With 0.1 and 0.75 (torch fp32) a
+# sequential client of a tiny host (one answer every ~56 ms) was refused 429 on the test bed.
+MODEL_CPU_SECONDS = {"yolov3-tiny": 0.02, "yolov3": 0.09}
 DEFAULT_MODEL_CPU_SECONDS = 1.5
 DECODE_MEMORY_MB = 350  # config.decode_memory_mb's default (config takes it from here)
 DETECTIONS_PER_WORKER = 1  # one inference at a time per worker: see admitted()

@@ -49,3 +49,33 @@ def test_page_loads_pass_and_detections_over_the_rate_get_429_json(site):
     assert "too many requests" in refused.json()["error"]
     assert refused.headers["Retry-After"] == "1"
     assert after.status_code == 200  # the page still loads for the refused client
+
+
+# The role's own chain: detector_rate_limit / _burst / conn_limit from the host's sizing.
+ROLE_DEFAULTS = {
+    "nginx_rate_limit": "{{ detector_rate_limit }}",
+    "nginx_rate_burst": "{{ detector_rate_burst }}",
+    "nginx_conn_limit": "{{ detector_conn_limit }}",
+}
+
+
+def test_a_client_that_waits_for_its_answers_is_never_refused_at_the_default_rate(tmp_path):
+    """A 2-core yolov3-tiny host's defaults: one client posting back to back (each request after
+    the previous answer) is served every time; the host, not nginx's rate, sets its pace."""
+    require_weights()
+    sized = sizing.size(2, 8000, "yolov3-tiny")
+    site = prepare_site(tmp_path, sized.__dict__.copy(), **ROLE_DEFAULTS)
+    conf = (site["dir"] / "conf.d" / "detector.conf").read_text()
+    assert f"rate={sized.rate_per_s}r/s;" in conf and f"burst={sized.max_inflight} " in conf
+    photo = jpeg_bytes(sample_image("coffee"))
+    socket = site["sockets"] / "blue.sock"
+    with LiveServer(workers=sized.workers, threads=sized.threads, uds=socket):
+        with LiveNginx(site["dir"], site["port"], site["cert"]) as nginx:
+            with nginx.client(timeout=60) as client:
+                codes = [
+                    client.post(
+                        nginx.url + "/api/v1/detect", files={"file": ("c.jpg", photo)}
+                    ).status_code
+                    for _ in range(40)
+                ]
+    assert codes == [200] * 40, codes

@@ -44,7 +44,7 @@ def test_sizing_rule_fits_both_colors(cores, memory_mb, model, workers, memory_m
 
 
 @pytest.mark.parametrize(
-    ("cores", "model", "rate"), [(2, "yolov3-tiny", 20), (8, "yolov3", 10), (1, "yolov3", 1)]
+    ("cores", "model", "rate"), [(2, "yolov3-tiny", 100), (8, "yolov3", 88), (1, "yolov3", 11)]
 )
 def test_the_rate_nginx_allows_one_client_is_the_hosts_throughput(cores, model, rate):
     assert sizing.size(cores, 64000, model).rate_per_s == rate
