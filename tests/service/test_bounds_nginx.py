@@ -67,6 +67,39 @@ def _post(client, url: str, data: bytes, into: list) -> None:
     into.append((response, time.perf_counter() - started))
 
 
+def _hold_and_probe(live, nginx, photo: bytes, headers: dict | None = None):
+    """Stop the one worker (SIGSTOP by PID), let MAX_CONNS requests reach it through nginx, send
+    EXCESS more, then let it go. Return (held, refused, the next answer after it, nginx's log).
+    """
+    (worker,) = live.worker_pids()
+    url = nginx.url + "/api/v1/detect"
+    files = {"file": ("coffee.jpg", photo)}
+    held: list = []
+    refused: list = []
+    with nginx.client(timeout=60) as client:
+        holders = [
+            threading.Thread(target=_post, args=(client, url, photo, held))
+            for _ in range(MAX_CONNS)
+        ]
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            for thread in holders:
+                thread.start()
+            time.sleep(1.5)  # let nginx connect them to the stopped worker (no assert)
+            with nginx.client(timeout=20) as probe:
+                for _ in range(EXCESS):
+                    started = time.perf_counter()
+                    response = probe.post(url, files=files, headers=headers)
+                    refused.append((response, time.perf_counter() - started))
+            assert held == []  # the first MAX_CONNS still wait for the stopped worker
+        finally:
+            os.kill(worker, signal.SIGCONT)
+            for thread in holders:
+                thread.join(60)
+        after = client.post(url, files=files)
+    return held, refused, after, nginx.error_log()
+
+
 def test_excess_over_max_conns_gets_a_503_json_at_once_while_the_workers_are_held(site):
     """The worker is stopped (SIGSTOP by PID): requests nginx passed cannot be answered, so
     every excess answer comes from nginx's bound, not from a queue that drained."""
@@ -75,31 +108,7 @@ def test_excess_over_max_conns_gets_a_503_json_at_once_while_the_workers_are_hel
     socket = site["sockets"] / "blue.sock"
     with LiveServer(workers=1, threads=MAX_CONNS, uds=socket, env=HOLD_ALL) as live:
         with LiveNginx(site["dir"], site["port"], site["cert"]) as nginx:
-            (worker,) = live.worker_pids()
-            url = nginx.url + "/api/v1/detect"
-            held: list = []
-            refused: list = []
-            with nginx.client(timeout=60) as client:
-                holders = [
-                    threading.Thread(target=_post, args=(client, url, photo, held))
-                    for _ in range(MAX_CONNS)
-                ]
-                os.kill(worker, signal.SIGSTOP)
-                try:
-                    for thread in holders:
-                        thread.start()
-                    time.sleep(1.5)  # let nginx connect both to the stopped worker (no assert)
-                    with nginx.client(timeout=20) as probe:
-                        for _ in range(EXCESS):
-                            _post(probe, url, photo, refused)
-                    assert held == []  # the first MAX_CONNS still wait for the stopped worker
-                finally:
-                    os.kill(worker, signal.SIGCONT)
-                    for thread in holders:
-                        thread.join(60)
-                after = client.post(url, files={"file": ("coffee.jpg", photo)})
-                after = client.post(url, files={"file": ("coffee.jpg", photo)})
-            log = nginx.error_log()
+            held, refused, after, log = _hold_and_probe(live, nginx, photo)
     for response, _ in refused:
         assert response.status_code == 503, response.text
         assert response.headers["content-type"].startswith("application/json")
@@ -145,36 +154,8 @@ def test_the_lb_bounds_each_detector_and_answers_the_excess_503_json_at_once(tmp
         )
         assert "zone detector_upstream 64k;" in upstream
         with LiveNginx(site["dir"], site["port"], site["cert"]) as nginx:
-            (worker,) = live.worker_pids()
-            url = nginx.url + "/api/v1/detect"
-            held: list = []
-            refused: list = []
-            with nginx.client(timeout=60) as client:
-                holders = [
-                    threading.Thread(target=_post, args=(client, url, photo, held))
-                    for _ in range(MAX_CONNS)
-                ]
-                os.kill(worker, signal.SIGSTOP)
-                try:
-                    for thread in holders:
-                        thread.start()
-                    time.sleep(1.5)  # let the lb connect both to the stopped worker (no assert)
-                    with nginx.client(timeout=20) as probe:
-                        for _ in range(EXCESS):
-                            started = time.perf_counter()
-                            response = probe.post(
-                                url,
-                                files={"file": ("coffee.jpg", photo)},
-                                headers={"Origin": "https://page.example"},
-                            )
-                            refused.append((response, time.perf_counter() - started))
-                    assert held == []  # the first MAX_CONNS still wait for the stopped worker
-                finally:
-                    os.kill(worker, signal.SIGCONT)
-                    for thread in holders:
-                        thread.join(60)
-                after = client.post(url, files={"file": ("coffee.jpg", photo)})
-            log = nginx.error_log()
+            origin = {"Origin": "https://page.example"}
+            held, refused, after, log = _hold_and_probe(live, nginx, photo, origin)
     for response, _ in refused:
         assert response.status_code == 503, response.text
         assert response.json() == {"error": "service unavailable or busy; retry shortly"}
