@@ -257,26 +257,31 @@ def _prepare(args: argparse.Namespace) -> int:
     for label, how, built in results:
         print(f"{spec.name} {label}: {'built' if built else 'unchanged'}: {how}", flush=True)
     if settings.engine == "auto" and not args.precision:
-        _prepare_auto_choice(settings, spec.name)
+        _prepare_auto_choice(settings, spec, openvino_cache.cache_root(spec.weights, cache))
     return 0
 
 
-def _prepare_auto_choice(settings, name: str) -> None:
+def _prepare_auto_choice(settings, spec, root) -> None:
     """Time auto's candidates as the service's workers will load them, and cache the choice.
 
     Same config, worker count and threads as runtime.ModelHolder: the workers then find the
     choice and load only the winner (without torch when OpenVINO wins), none times at start.
+    "built" only when a choice file was written (one candidate alone is never timed or kept).
     """
     from detector.manifest import load_configured
-    from detector.model.choice_cache import CACHED
     from detector.runtime import torch_threads
     from detector.runtime import worker_count
 
+    def choices() -> dict:
+        return {path.name: path.stat().st_mtime_ns for path in Path(root).glob("auto-*.json")}
+
+    before = choices()
     detector = load_configured(
         settings, workers=worker_count(settings), threads=torch_threads(settings)
     )
-    built = CACHED not in detector.engine_reason
-    print(f"{name} auto: {'built' if built else 'unchanged'}: {detector.engine_reason}", flush=True)
+    built = choices() != before
+    reason = detector.engine_reason
+    print(f"{spec.name} auto: {'built' if built else 'unchanged'}: {reason}", flush=True)
 
 
 def _fetch(args: argparse.Namespace) -> int:

@@ -253,3 +253,34 @@ def test_detector_prepare_times_auto_so_no_worker_does(tiny_weights, tmp_path):
     assert "from the cached choice of" in got["version"]["engine_reason"]  # no timing here
     if got["version"]["engine"] == "openvino":
         assert got["torch"] is False, "the worker imported torch although OpenVINO won"
+
+
+def test_detector_prepare_says_unchanged_when_auto_keeps_no_choice(
+    tiny_weights, tmp_path, monkeypatch, capsys
+):
+    """One candidate alone (e.g. only one engine fits in memory) is loaded, never timed or kept:
+    prepare must not say "built" (Ansible would report changed on every provisioning run)."""
+    from types import SimpleNamespace
+
+    from detector import cli
+
+    loaded = []
+
+    def load_configured(settings, workers, threads):
+        loaded.append((workers, threads))
+        return SimpleNamespace(engine_reason="auto: openvino-bf16, the only candidate that fits")
+
+    monkeypatch.setattr("detector.manifest.load_configured", load_configured)
+    for name, value in {
+        "DETECTOR_WEIGHTS_DIR": str(tiny_weights.parent),
+        "DETECTOR_ENGINE": "auto",
+        "DETECTOR_OPENVINO_CACHE_DIR": str(tmp_path),
+        "DETECTOR_WORKERS": "2",
+        "DETECTOR_THREADS": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("DETECTOR_CONFIG", raising=False)
+    assert cli.main(["prepare", "--model", "yolov3-tiny", "--size", "128"]) == 0
+    out = capsys.readouterr().out
+    assert "yolov3-tiny auto: unchanged: auto: openvino-bf16, the only candidate" in out, out
+    assert loaded == [(2, 1)]  # the service's workers and threads

@@ -15,7 +15,6 @@ from . import openvino_cache
 
 log = logging.getLogger(__name__)
 
-CACHED = "from the cached choice of"  # how a reason says no timing ran (detector prepare)
 CHOICE_FORMAT = 2  # bump when the fields or the timing rule change (2: the OpenVINO tie rule)
 
 
@@ -108,7 +107,7 @@ def words(data: dict, path: Path) -> str:
     measured = ", ".join(f"{label} {ms:.0f} ms" for label, ms in sorted(data["timings_ms"].items()))
     width, height = data["fields"]["input"]
     return (
-        f"auto: {data['chosen']} {CACHED} {data['created']} ({measured}; best "
+        f"auto: {data['chosen']} from the cached choice of {data['created']} ({measured}; best "
         f"of {data['rounds']} interleaved runs at {width}x{height}, "
         f"{data['fields']['threads']} threads; {path})"
     )
