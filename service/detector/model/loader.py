@@ -22,13 +22,13 @@ from . import openvino_cache
 from . import openvino_engine
 from .builder import EngineBuilder
 from .cfg import WeightsError
-from .cfg import Yolo
 from .cfg import parse_cfg
 from .engines import bf16_flag
 from .engines import choose
 from .engines import plan
 from .postprocess import HeadSpec
 from .postprocess import decode
+from .postprocess import head_specs
 from .postprocess import postprocess
 from .preprocess import letterbox
 
@@ -185,10 +185,7 @@ def load_detector(
         raise ValueError(f"workers must be at least 1, got {workers}")
     threads = threads or default_threads(workers)
     input_shape = (size, size) if size else (cfg.net.width, cfg.net.height)
-    heads = []
-    for index in cfg.yolo_indices:
-        spec: Yolo = cfg.layers[index]
-        heads.append(HeadSpec(spec.anchors, spec.classes, spec.scale_x_y))
+    heads = head_specs(cfg)
     flag = bf16_flag()
     if precision == "auto":
         precision = "bf16" if flag and engine != "opencv" else "fp32"

@@ -109,28 +109,21 @@ def prepare_models(
 
     :return: (label, how it was obtained or why it cannot be used, whether it was built now).
     """
+    from .builder import EngineBuilder
     from .cfg import parse_cfg
     from .engines import bf16_flag
-    from .postprocess import HeadSpec
+    from .postprocess import head_specs
 
     cfg_path, weights_path = Path(cfg_path), Path(weights_path)
     cfg = parse_cfg(cfg_path)
     input_shape = (size, size) if size else (cfg.net.width, cfg.net.height)
-    heads = [
-        HeadSpec(cfg.layers[i].anchors, cfg.layers[i].classes, cfg.layers[i].scale_x_y)
-        for i in cfg.yolo_indices
-    ]
+    heads, flag = head_specs(cfg), bf16_flag()
+    builder = EngineBuilder(
+        cfg, cfg_path, weights_path, input_shape, heads, flag, threads, cache_dir
+    )
 
     def build():  # a cache miss only: torch and the darknet module load here
-        import torch
-
-        from .darknet import Darknet
-        from .weights import load_fused
-
-        with torch.device("meta"):
-            model = Darknet(cfg)
-        load_fused(model, weights_path, torch.float32)
-        return model
+        return builder.fused("fp32")
 
     done = []
     for precision in precisions:
@@ -142,7 +135,7 @@ def prepare_models(
                 input_shape,
                 heads,
                 precision,
-                bf16_flag(),
+                flag,
                 threads,
                 cache_dir,
                 build,

@@ -28,6 +28,14 @@ class HeadSpec:
     scale_x_y: float = 1.0
 
 
+def head_specs(cfg) -> list[HeadSpec]:
+    """Return the HeadSpec of each [yolo] layer of a parsed cfg, in output order."""
+    return [
+        HeadSpec(cfg.layers[i].anchors, cfg.layers[i].classes, cfg.layers[i].scale_x_y)
+        for i in cfg.yolo_indices
+    ]
+
+
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """Return 1 / (1 + exp(-x)) in float32, without overflow warnings for large |x|."""
     with np.errstate(over="ignore"):
