@@ -154,15 +154,17 @@ def nginx_test(directory: Path) -> subprocess.CompletedProcess:
 class LiveNginx:
     """One nginx master (2 workers) on the rendered configuration; stopped by its PID."""
 
-    def __init__(self, directory: Path, port: int, cert: Path) -> None:
+    def __init__(self, directory: Path, port: int, cert: Path, proxied: bool = True) -> None:
         self.directory = directory
+        self.proxied = proxied
         self.port = port
         self.url = f"https://127.0.0.1:{port}"
         self.verify = ssl.create_default_context(cafile=str(cert))
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30) -> LiveNginx:
-        """Start nginx and wait until it proxies /status_check to the service."""
+        """Start nginx and wait until it proxies /status_check to the service (or, with
+        proxied=False, until it answers at all: a site whose service is down)."""
         command = [NGINX, "-p", str(self.directory), "-c", str(self.directory / "nginx.conf")]
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
@@ -175,8 +177,9 @@ class LiveNginx:
                 raise RuntimeError(f"nginx exited at start: {log[-2000:]}")
             try:
                 with self.client() as client:
-                    if client.get(self.url + "/status_check").status_code == 200:
-                        return self
+                    status = client.get(self.url + "/status_check").status_code
+                if status == 200 or not self.proxied:
+                    return self
             except httpx.TransportError:
                 pass
             time.sleep(0.2)

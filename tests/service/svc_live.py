@@ -32,11 +32,13 @@ class LiveServer:
         env: dict | None = None,
         log_path: Path | None = None,
         uds: Path | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
         self.uds = uds
-        self.port = 0 if uds else free_port()
-        self.bind = f"unix:{uds}" if uds else f"127.0.0.1:{self.port}"
-        self.url = "http://detector.local" if uds else f"http://127.0.0.1:{self.port}"
+        self.port = 0 if uds else port or free_port()
+        self.bind = f"unix:{uds}" if uds else f"{host}:{self.port}"
+        self.url = "http://detector.local" if uds else f"http://{host}:{self.port}"
         self.workers = workers
         self.threads = threads
         self.env = dict(env or {})
