@@ -193,17 +193,21 @@ def test_first_deploy_serves_the_seed_contract_and_the_api(bed_env):
     rid = served_release(host)
     assert rid in proc.stdout
     dog = SHARED / "testdata" / "dog.jpg"
-    if not dog.exists():
-        pytest.skip(f"needs {dog} for the reference comparison")
-    body, headers = health.multipart("file", "dog.jpg", dog.read_bytes())
+    # Without ../shared (a user's clone) the contract is checked on the deploy's own smoke image;
+    # the comparison with the reference detections needs ../shared.
+    photo = dog.read_bytes() if dog.exists() else health.SMOKE_IMAGE.read_bytes()
+    body, headers = health.multipart("file", "photo.jpg", photo)
     seed = health.https(host, 5000, "POST", "/", body, headers)
     assert seed.status == 200
     data = seed.json()
     assert sorted(data) == ["image", "name"]
     assert data["image"].startswith("data:image/jpeg;base64, ")
-    api = health.detect(host, 443, dog.read_bytes())
+    api = health.detect(host, 443, photo)
     assert api.status == 200
     labels = {d["label"] for d in api.json()["detections"]}
+    if not dog.exists():
+        assert set(health.SMOKE_LABELS) <= labels, labels
+        pytest.skip(f"the seed contract passed on smoke.jpg; {dog} is needed for the reference")
     reference = json.loads((SHARED / "reference" / "yolov3-tiny.json").read_text())
     (want,) = [r for r in reference if r["image"] == "dog.jpg"]
     assert labels == {d["label"] for d in want["detections"]}
