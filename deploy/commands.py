@@ -187,38 +187,6 @@ def live_record(service: str, lb: bool = False) -> str:
     return f"/var/lib/{service}/{'lb-drained' if lb else 'live-color'}"
 
 
-# The deploy lock's shell, "$1" the lock directory, "$2" the details: fab and the Ansible roll
-# (ansible/roles/detector/tasks/roll.yml) run these same texts. Taking it is all or nothing: a
-# details file that cannot be written (disk full) removes the directory again, exit 1 = held.
-LOCK_TAKE_SH = (
-    'mkdir "$1" 2>/dev/null || exit 1; '
-    'printf %s "$2" > "$1/details" || { rm -f "$1/details"; rmdir "$1"; exit 2; }'
-)
-LOCK_FREE_SH = 'rm -f "$1/details" && rmdir "$1"'
-
-
-def lock_acquire(lock_dir: str, details: str) -> str:
-    """Take the deploy lock: mkdir is the atomic test-and-set, then record who holds it."""
-    return shell(["sh", "-c", LOCK_TAKE_SH, "sh", lock_dir, details])
-
-
-def lock_release(lock_dir: str) -> str:
-    """Drop the deploy lock (also one left without details by a run cut off in between)."""
-    return shell(["sh", "-c", LOCK_FREE_SH, "sh", lock_dir])
-
-
-def lock_read(lock_dir: str) -> str:
-    """Print `free`, or `held` and the details file (empty when a cut-off run left none)."""
-    script = 'test -d "$1" || { echo free; exit 0; }; echo held; cat "$1/details" 2>/dev/null; true'
-    return shell(["sh", "-c", script, "sh", lock_dir])
-
-
-def lock_details(holder: str, when: datetime, release: str, message: str) -> str:
-    """The lock's details file: one KEY=VALUE per line."""
-    stamp = when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
-    return f"holder={holder}\nsince={stamp}\nrelease={release}\nmessage={message}\n"
-
-
 def list_dir(path: str) -> list[str]:
     """Names in a directory, one per line."""
     return ["ls", "-1", path]

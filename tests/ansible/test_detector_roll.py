@@ -7,7 +7,6 @@ from pathlib import Path
 
 import yaml
 
-from deploy import commands
 from deploy import lock
 
 ROLE = Path(__file__).resolve().parents[2] / "ansible" / "roles" / "detector"
@@ -40,16 +39,16 @@ def test_the_roll_takes_and_frees_fabs_lock_in_fabs_format():
     assert lock_dir.endswith("/deploy.lock")  # fab: Host.lock_dir = <shared>/deploy.lock
     by_name = {t["name"]: t for t in roll}
     take = by_name["Take the deploy lock"]["ansible.builtin.command"]["argv"]
-    assert take[2] == commands.LOCK_TAKE_SH  # the same all-or-nothing shell as fab's
-    assert commands.lock_acquire("L", "D") == f"sh -c {shlex.quote(take[2])} sh L D"
+    assert take[2] == lock.TAKE_SH  # the same all-or-nothing shell as fab's
+    assert lock.take_command("L", "D") == f"sh -c {shlex.quote(take[2])} sh L D"
     assert by_name["Take the deploy lock"]["failed_when"] == (
         "_detector_roll_lock_taken.rc not in [0, 1]"  # 1 = held; 2 = details not written
     )
     details = lock.describe(take[5])
     assert set(details) == {"holder", "since", "release", "message"}
     free = by_name["Release the deploy lock"]["ansible.builtin.command"]["argv"]
-    assert free[2] == commands.LOCK_FREE_SH
-    assert commands.lock_release("L") == f"sh -c {shlex.quote(free[2])} sh L"
+    assert free[2] == lock.FREE_SH
+    assert lock.free_command("L") == f"sh -c {shlex.quote(free[2])} sh L"
     assert by_name["Take the deploy lock"]["become_user"] == "{{ detector_deploy_user }}"
 
 

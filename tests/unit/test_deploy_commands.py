@@ -164,19 +164,19 @@ def test_releases_to_prune_keeps_newest_and_protected():
 
 def test_lock_is_a_directory_with_details(tmp_path):
     lock_dir = str(tmp_path / "deploy.lock")
-    details = commands.lock_details("alice@ctl", WHEN, "20261126T010203Z-ab12cd34", "fab deploy")
+    details = lock.details_text("alice@ctl", WHEN, "20261126T010203Z-ab12cd34", "fab deploy")
     assert details == (
         "holder=alice@ctl\nsince=2026-11-26T01:02Z\nrelease=20261126T010203Z-ab12cd34\n"
         "message=fab deploy\n"
     )
-    take = ["sh", "-c", commands.lock_acquire(lock_dir, details)]
+    take = ["sh", "-c", lock.take_command(lock_dir, details)]
     assert subprocess.run(take).returncode == 0
     assert subprocess.run(take, stderr=subprocess.DEVNULL).returncode != 0  # second deploy refused
     text = (tmp_path / "deploy.lock" / "details").read_text()
     message = lock.held_message(lock_dir, text)
     assert message.startswith("deploy lock held by alice@ctl since 2026-11-26T01:02Z")
     assert "fab unlock" in message
-    subprocess.run(["sh", "-c", commands.lock_release(lock_dir)], check=True)
+    subprocess.run(["sh", "-c", lock.free_command(lock_dir)], check=True)
     assert not (tmp_path / "deploy.lock").exists()
 
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from datetime import datetime
+from datetime import timezone
 from pathlib import Path
 
 import pytest
 from ssh_helpers import local_server
 
-from deploy import commands
 from deploy import inventory
 from deploy import lock
 from deploy import remote
@@ -77,7 +79,7 @@ def test_a_lock_cut_off_between_its_two_writes_is_held_and_fab_unlock_frees_it(s
 
 def test_taking_the_lock_is_all_or_nothing_when_its_details_cannot_be_written(tmp_path):
     lock_dir = tmp_path / "deploy.lock"
-    take = commands.lock_acquire(str(lock_dir), "holder=a@b\n")
+    take = lock.take_command(str(lock_dir), "holder=a@b\n")
     # A full disk, for real: writes past 0 bytes fail (EFBIG) under `ulimit -f 0`.
     full = subprocess.run(
         ["sh", "-c", 'trap "" XFSZ; ulimit -f 0; eval "$1"', "sh", take],
@@ -100,3 +102,27 @@ def test_a_failed_take_that_is_not_held_says_so_instead_of_naming_a_holder(site)
         lock.acquire(c, host.lock_dir, RID, "fab deploy")
     assert not isinstance(err.value, lock.LockHeld)
     assert "it is not held" in str(err.value) and "retry" in str(err.value)
+
+
+def test_a_lock_whose_fab_process_on_this_machine_is_gone_is_called_stale(site):
+    _, host, c = site
+    lock.acquire(c, host.lock_dir, RID, "fab deploy HEAD")
+    mine = (Path(host.lock_dir) / "details").read_text()
+    assert lock.describe(mine)["pid"] == str(os.getpid())
+    assert "STALE" not in lock.status(c, host.lock_dir)  # this process still runs
+    killed = subprocess.Popen(["sleep", "60"])
+    killed.kill()  # SIGKILL: no `finally` ran, the lock stays behind
+    killed.wait()
+    when = datetime.now(timezone.utc)
+    left = lock.details_text(lock.holder(), when, RID, "fab deploy HEAD", killed.pid)
+    (Path(host.lock_dir) / "details").write_text(left)
+    with pytest.raises(lock.LockHeld) as err:
+        lock.acquire(c, host.lock_dir, RID, "fab deploy")
+    assert f"is STALE: the fab process that took it (pid {killed.pid} on this machine)" in str(
+        err.value
+    )
+    assert "run `fab unlock`, then retry" in str(err.value)
+    elsewhere = left.replace(f"holder={lock.holder()}", "holder=alice@another-machine")
+    (Path(host.lock_dir) / "details").write_text(elsewhere)
+    shown = lock.status(c, host.lock_dir)  # another machine's process: cannot tell from here
+    assert "STALE" not in shown and "run `fab unlock` if it is stale" in shown
