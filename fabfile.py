@@ -150,7 +150,7 @@ def status(c, hosts="", inventory=""):
     Read-only: release id and git sha, live color, unit state, workers/threads/RSS, /readyz and
     the model through nginx, days left on the certificate served on each port (warns under 20),
     the last renewal run (the lb's, with an `lb` group). Exits non-zero when a certificate has
-    under 14 days left or the last renewal failed, so cron or CI can alert on it.
+    under 14 days left or cannot be read, or the last renewal failed, so cron or CI can alert.
     """
     problems = []
 

@@ -1,7 +1,7 @@
 """What runs on a host: release, sha, uptime, model, workers, memory, health, certificates.
 
-`fab status` exits non-zero when a served certificate has under ALERT_DAYS days left or the
-last renewal run failed (the certbot role's OnFailure= unit leaves a marker on the host).
+`fab status` exits non-zero when a served certificate has under ALERT_DAYS days left, cannot be
+read, or the last renewal run failed (the certbot role's OnFailure= unit leaves a marker).
 """
 
 from __future__ import annotations
@@ -107,8 +107,12 @@ def certificates(c: Connection, host: Host, now: datetime | None = None) -> Repo
     for port in host.https_ports:
         try:
             served = cert.served(host, port)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # its expiry is unknown: that fails the check too
             out.lines.append(f"cert :{port} unreadable: {exc}")
+            out.problems.append(
+                f":{port} serves no readable certificate ({exc}), so its expiry is unknown; "
+                f"check nginx on {host.name} (`systemctl status nginx`) and the port's firewall"
+            )
             continue
         out.lines.append("cert " + cert.describe(served))
         problem = expiry_problem(served, now)

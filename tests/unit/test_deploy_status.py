@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -112,6 +114,24 @@ def test_certificates_reads_the_marker_over_ssh_and_the_served_leaf(bed):
     assert alarmed.problems[0].startswith("certificate renewal FAILED")
     assert alarmed.problems[1].startswith(f":{port} certificate expires ")
     assert "(under 14)" in alarmed.problems[1]
+
+
+def test_a_port_that_serves_no_certificate_fails_the_check(bed):
+    inv, _, port = bed
+    (host,) = inventory.load(str(inv))
+    with socket.create_server(("127.0.0.1", 0)) as probe_sock:
+        closed = probe_sock.getsockname()[1]  # nothing listens there once this block ends
+    down = dataclasses.replace(host, https_ports=(port, closed))
+    c = remote.connect(down)
+    try:
+        healthy_now = datetime.now(timezone.utc) - timedelta(days=30)  # 40 days left then
+        found = status.certificates(c, down, healthy_now)
+    finally:
+        c.close()
+    assert any(line.startswith(f"cert :{closed} unreadable") for line in found.lines)
+    assert len(found.problems) == 1, found.problems  # the readable port is fine
+    assert found.problems[0].startswith(f":{closed} serves no readable certificate")
+    assert "expiry is unknown" in found.problems[0]
 
 
 def test_fab_status_exits_non_zero_on_a_failed_renewal_and_near_expiry(bed, tmp_path):
