@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import serialization
@@ -18,6 +19,7 @@ from tests.certbot_render import render
 from tests.certbot_render import template_task
 
 DOMAIN = "detector.test"
+DEFAULTS = Path(__file__).resolve().parents[2] / "ansible/roles/detector/defaults/main.yml"
 
 
 def _chain(path: Path, days: int) -> datetime.datetime:
@@ -79,6 +81,15 @@ def test_every_renewal_unit_reports_failure_and_clears_it_on_success(rendered: P
     assert f"ExecStart={rendered}/detector-cert-state failed %i" in failure
     hook = (rendered / "deploy-hook").read_text()
     assert f'"{rendered}/detector-cert-state" installed' in hook
+
+
+def test_a_hanging_renewal_times_out_into_a_recorded_failure(rendered: Path):
+    """A oneshot's start has no time limit by default: a hung certbot would never fail."""
+    unit = (rendered / "renew.service").read_text().splitlines()
+    (limit,) = [line.split("=", 1)[1] for line in unit if line.startswith("TimeoutStartSec=")]
+    propagation = int(yaml.safe_load((DEFAULTS).read_text())["detector_dns_propagation_s"])
+    assert int(limit) == propagation + 900  # the TXT record's wait, then 15 minutes at most
+    assert "Type=oneshot" in unit and any(line.startswith("OnFailure=") for line in unit)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the state script installs files owned by root")
