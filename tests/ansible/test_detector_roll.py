@@ -38,7 +38,11 @@ def test_the_roll_takes_and_frees_fabs_lock_in_fabs_format():
     lock_dir = outer["vars"]["_detector_roll_lock"]
     assert lock_dir.endswith("/deploy.lock")  # fab: Host.lock_dir = <shared>/deploy.lock
     by_name = {t["name"]: t for t in roll}
-    take = by_name["Take the deploy lock"]["ansible.builtin.command"]["argv"]
+    # root's module starts the shell as the deploy user (never a module run as that user)
+    as_deploy = ["/usr/sbin/runuser", "-u", "{{ detector_deploy_user }}", "--"]
+    argv = by_name["Take the deploy lock"]["ansible.builtin.command"]["argv"]
+    assert argv[:4] == as_deploy
+    take = argv[4:]
     assert take[2] == lock.TAKE_SH  # the same all-or-nothing shell as fab's
     assert lock.take_command("L", "D") == f"sh -c {shlex.quote(take[2])} sh L D"
     assert by_name["Take the deploy lock"]["failed_when"] == (
@@ -46,10 +50,11 @@ def test_the_roll_takes_and_frees_fabs_lock_in_fabs_format():
     )
     details = lock.describe(take[5])
     assert set(details) == {"holder", "since", "release", "message"}
-    free = by_name["Release the deploy lock"]["ansible.builtin.command"]["argv"]
+    argv = by_name["Release the deploy lock"]["ansible.builtin.command"]["argv"]
+    assert argv[:4] == as_deploy
+    free = argv[4:]
     assert free[2] == lock.FREE_SH
     assert lock.free_command("L") == f"sh -c {shlex.quote(free[2])} sh L"
-    assert by_name["Take the deploy lock"]["become_user"] == "{{ detector_deploy_user }}"
 
 
 def test_the_roll_switches_through_the_root_helper_and_stops_the_old_color_last():

@@ -20,6 +20,7 @@ from testbed.hosts import Host
 from testbed.hosts import ssh
 from testbed.userpath import ReadmeHost
 from testbed.userpath import UserInventory
+from testbed.userpath import changed_tasks
 
 HELPER = "/usr/local/sbin/detector-activate"
 INCLUDE = "/etc/nginx/detector-upstream.conf"
@@ -184,3 +185,65 @@ def test_an_interrupted_switch_comes_back_consistent_after_a_reboot(bed: Bed):
     again = bed.user.fab("deploy")  # and the next deploy goes on from the record
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
     assert bed.root(f"cat {RECORD}").strip() == live
+
+
+# Planted by the attacker as the usercustomize of the deploy user's and the service user's
+# Python (their homes are deploy-writable): inside an Ansible module run as either of them
+# (become_user: sudo's command is Ansible's BECOME-SUCCESS line), it answers for the module a
+# result whose facts point root's next helper call at the attacker's script.
+USERCUSTOMIZE = """\
+import json, os, sys
+if os.getuid() != 0 and "BECOME-SUCCESS" in os.environ.get("SUDO_COMMAND", ""):
+    with open("/tmp/attacker-module-ran-as-%d" % os.getuid(), "w") as fh:
+        fh.write(os.environ["SUDO_COMMAND"])
+    facts = {"deploy_access_helper": "/opt/detector/shared/attacker-helper"}
+    sys.stdout.write(json.dumps({"changed": False, "rc": 0, "stdout": "", "stderr": "",
+                                 "ansible_facts": facts}) + "\\n")
+    sys.stdout.flush()
+    os._exit(0)
+"""
+PWNED = "/var/lib/detector/attacker-ran-as-root"
+FAKE_HELPER = f'#!/bin/sh\ntouch {PWNED}\nexec {HELPER} "$@"\n'
+
+
+def test_provisioning_runs_no_module_as_the_deploy_or_service_user(bed: Bed):
+    """A provisioning that rolls (a config change) and prepares the model never runs Ansible's
+    own Python as the deploy or the service user: the deploy user's planted usercustomize never
+    runs inside a module, no fact of its making reaches root, root runs no script of its."""
+    there = bed.root("test -x /opt/detector/current/bin/detector && echo yes", check=False)
+    if there.strip() != "yes":
+        first = bed.user.fab("deploy")  # `detector prepare` runs only once a release is there
+        assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    sites = []
+    for home in ("/home/deploy", "/opt/detector/shared"):
+        site = bed.attacker(
+            f"HOME={home} python3 -c 'import site; print(site.getusersitepackages())'"
+        ).stdout.strip()
+        assert site.startswith(home + "/.local/"), site
+        sites.append(site)
+    plant = " && ".join(
+        [f"mkdir -p {s} && printf %s {_q(USERCUSTOMIZE)} > {s}/usercustomize.py" for s in sites]
+        + [
+            f"printf %s {_q(FAKE_HELPER)} > /opt/detector/shared/attacker-helper",
+            "chmod 755 /opt/detector/shared/attacker-helper",
+        ]
+    )
+    planted = bed.attacker(plant)
+    assert planted.returncode == 0, planted.stderr
+    live = bed.root(f"cat {RECORD}").strip()
+    try:
+        bed.root("touch /etc/detector/detector.toml")  # the operator changed a setting: a roll
+        run = bed.user.provision()
+        assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+        changed = "\n".join(changed_tasks(run.stdout))
+        assert "Take the deploy lock" in changed, changed  # the deploy user's steps ran ...
+        assert "Prepare the OpenVINO models" in run.stdout  # ... and the service user's
+        assert bed.root(f"cat {RECORD}").strip() == _other(live)  # rolled onto the idle color
+        ran = bed.root(f"ls /tmp/attacker-module-ran-as-* {PWNED} 2>/dev/null; true")
+        assert ran.strip() == "", ran
+    finally:
+        bed.attacker(
+            f"rm -f {' '.join(s + '/usercustomize.py' for s in sites)} "
+            "/opt/detector/shared/attacker-helper"
+        )
+        bed.root(f"rm -f /tmp/attacker-module-ran-as-* {PWNED}")
