@@ -251,17 +251,33 @@ def trust_host(c, fingerprint="", hosts="", inventory=""):
             remote.fail(f"error: {exc}")
 
 
-@task(help={"hosts": HOSTS_HELP, "inventory": INVENTORY_HELP})
+@task(
+    help={
+        "hosts": "comma-separated inventory host names, the lb included (default: all)",
+        "inventory": INVENTORY_HELP,
+    }
+)
 def unlock(c, hosts="", inventory=""):
-    """Remove a stale deploy lock.
+    """Remove a stale deploy lock, the lb's too.
 
-    Only when no deploy is running: `fab status` shows who holds it and since when.
+    Only when no deploy is running: `fab status` shows who holds it and since when. A rolling
+    deploy takes one on the lb; there this also names detectors a cut-off roll left drained
+    (the next `fab deploy` puts them back).
     """
+    detectors, balancer = _hosts_and_lb(inventory, "")
+    everyone = detectors + ([balancer.host] if balancer else [])
+    wanted = [h for h in hosts.split(",") if h]
+    unknown = sorted(set(wanted) - {h.name for h in everyone})
+    if unknown:
+        remote.fail(f"error: host(s) {', '.join(unknown)} not in the inventory; see --inventory")
 
     def drop(cc, host):
         held = lock.status(cc, host.lock_dir)
         if held:
             lock.release(cc, host.lock_dir)
         remote.say(host, f"removed: {held}" if held else "no deploy lock")
+        if balancer and host.name == balancer.host.name:
+            down = rolling.drained(cc, balancer)
+            remote.say(host, "detectors drained here: " + (", ".join(down) or "none"))
 
-    _each(_hosts(inventory, hosts), drop)
+    _each([h for h in everyone if not wanted or h.name in wanted], drop)

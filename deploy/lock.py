@@ -120,7 +120,7 @@ def acquire(c: Connection, lock_dir: str, release: str, message: str) -> None:
         return
     held, current = read(c, lock_dir) if res.exited == 1 else (False, "")
     if held:
-        raise LockHeld(held_message(lock_dir, current))
+        raise LockHeld(f"{c.host}: {held_message(lock_dir, current)}")
     why = (res.stderr or res.stdout).strip() or f"exit {res.exited}"
     raise DeployError(
         f"{c.host}: could not take the deploy lock {lock_dir}: {why}; it is not held, so "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -9,6 +10,7 @@ from typing import Callable
 from fabric import Connection
 
 from deploy import boot
+from deploy import commands
 from deploy import lock
 from deploy import release
 from deploy import remote
@@ -80,6 +82,16 @@ def set_down(c: Connection, bal: Balancer, down: list[str]) -> None:
         left = switch.drain(c, bal.host)
         if left:
             say(bal.host, f"warning: {left} lb worker(s) still draining; going on")
+
+
+def drained(c: Connection, bal: Balancer) -> list[str]:
+    """The detectors the lb's record has down (a roll cut off between drain and undrain)."""
+    ok, text = remote.probe(c, ["cat", commands.live_record(bal.host.service, lb=True)])
+    try:
+        names = json.loads(text) if ok and text else []
+    except ValueError:
+        return [f"unreadable record: {text[:80]!r}"]
+    return [str(n) for n in names] if isinstance(names, list) else []
 
 
 def _current(c: Connection, host: Host) -> str:

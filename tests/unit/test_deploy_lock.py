@@ -126,3 +126,37 @@ def test_a_lock_whose_fab_process_on_this_machine_is_gone_is_called_stale(site):
     (Path(host.lock_dir) / "details").write_text(elsewhere)
     shown = lock.status(c, host.lock_dir)  # another machine's process: cannot tell from here
     assert "STALE" not in shown and "run `fab unlock` if it is stale" in shown
+
+
+def test_fab_unlock_frees_the_lock_a_cut_off_rolling_deploy_left_on_the_lb(site, tmp_path):
+    inv, host, c = site
+    tree = json.loads((inv / "hosts.yml").read_text())
+    web1 = tree["all"]["children"]["detector"]["hosts"]["web1"]
+    lb1 = {**web1, "detector_app_root": str(tmp_path / "lb-app")}
+    tree["all"]["children"]["lb"] = {"hosts": {"lb1": lb1}}
+    (inv / "hosts.yml").write_text(json.dumps(tree))
+    _, bal = inventory.load_with_balancer(str(inv))
+    assert bal is not None and bal.host.lock_dir != host.lock_dir
+    killed = subprocess.Popen(["sleep", "60"])  # the roll's fab, killed while it held the lock
+    killed.kill()
+    killed.wait()
+    when = datetime.now(timezone.utc)
+    left = lock.details_text(lock.holder(), when, RID, f"fab deploy (rolling) {RID}", killed.pid)
+    Path(bal.host.shared_dir).mkdir(parents=True)
+    subprocess.run(["sh", "-c", lock.take_command(bal.host.lock_dir, left)], check=True)
+    with pytest.raises(lock.LockHeld, match=r"127\.0\.0\.1: deploy lock held by .* is STALE"):
+        lock.acquire(c, bal.host.lock_dir, RID, "fab deploy (rolling)")
+    env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "HOME": str(tmp_path)}
+    unlock = subprocess.run(
+        [FAB, "unlock", "--inventory", str(inv)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert unlock.returncode == 0, unlock.stdout + unlock.stderr
+    assert "[web1] no deploy lock" in unlock.stdout
+    assert f"[lb1] removed: deploy lock held by {lock.holder()}" in unlock.stdout
+    assert "[lb1] detectors drained here: none" in unlock.stdout
+    assert not Path(bal.host.lock_dir).exists()  # the next `fab deploy` can take it
