@@ -64,24 +64,31 @@ def describe(key: PKey) -> str:
 class RefuseUnknown(MissingHostKeyPolicy):
     """Refuse a host whose key none of the files holds, naming the key and the next action."""
 
-    def __init__(self, host: str, files: list[str]):
-        self.host, self.files = host, files
+    def __init__(self, host: str, files: list[str], gateway: bool = False):
+        self.host, self.files, self.gateway = host, files, gateway
 
     def missing_host_key(self, client, hostname, key):
+        then = (
+            f"then add it to {self.files[0]} (`ssh-keyscan -t ed25519 {hostname}`, compare)"
+            if self.gateway
+            else f"then run `fab trust-host --hosts {self.host} --fingerprint {key.fingerprint}`"
+        )
         raise HostKeyError(
             f"{self.host} ({hostname}) offered SSH host key {describe(key)}, which is in none "
             f"of {', '.join(self.files)}; check it on the host's console (`{CONSOLE_HINT}`), "
-            f"then run `fab trust-host --hosts {self.host} --fingerprint {key.fingerprint}`"
+            + then
         )
 
 
-def verify(client: SSHClient, host: str, configured: tuple[str, ...]) -> list[str]:
+def verify(
+    client: SSHClient, host: str, configured: tuple[str, ...], gateway: bool = False
+) -> list[str]:
     """Make client trust only the known_hosts files and refuse any other key; return the files."""
     files = trusted_files(configured)
     for path in files:
         if os.path.isfile(path):
             client.load_system_host_keys(path)
-    client.set_missing_host_key_policy(RefuseUnknown(host, files))
+    client.set_missing_host_key_policy(RefuseUnknown(host, files, gateway))
     return files
 
 

@@ -61,6 +61,12 @@ def connect(host: Host) -> Connection:
     )
     conn.deploy_host = host
     hostkeys.verify(conn.client, host.name, host.known_hosts)
+    # A ProxyJump hop from ~/.ssh/config is a Connection of Fabric's own, which adds any key:
+    # each hop is checked against the same files (a ProxyCommand is ssh's, which checks).
+    hop = conn.gateway
+    while isinstance(hop, Connection):
+        hostkeys.verify(hop.client, f"{host.name}'s ProxyJump {hop.host}", host.known_hosts, True)
+        hop = hop.gateway
     return conn
 
 

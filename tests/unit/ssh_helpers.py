@@ -29,14 +29,16 @@ def ed25519_key(path: Path) -> paramiko.Ed25519Key:
 class _Server(paramiko.ServerInterface):
     """Accept one client key as user deploy; run each command with sh here (like sshd would)."""
 
-    def __init__(self, client_key: paramiko.PKey):
-        self.client_key = client_key
+    def __init__(self, client_key: paramiko.PKey, logins: list[str]):
+        self.client_key, self.logins = client_key, logins
 
     def get_allowed_auths(self, username):
         return "publickey"
 
     def check_auth_publickey(self, username, key):
         ok = key == self.client_key and username == "deploy"
+        if ok:
+            self.logins.append(username)
         return paramiko.AUTH_SUCCESSFUL if ok else paramiko.AUTH_FAILED
 
     def check_channel_request(self, kind, chanid):
@@ -68,6 +70,7 @@ class SshServer:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.transports: list[paramiko.Transport] = []
+        self.logins: list[str] = []  # users logged in, in order
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self):
@@ -80,7 +83,7 @@ class SshServer:
             transport.add_server_key(self.host_key)
             self.transports.append(transport)
             try:
-                transport.start_server(server=_Server(self.client_key))
+                transport.start_server(server=_Server(self.client_key, self.logins))
             except (paramiko.SSHException, EOFError, OSError):
                 continue
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import paramiko
@@ -186,3 +187,39 @@ def test_trust_host_without_a_terminal_wants_the_fingerprint(server, keys, tmp_p
         hostkeys.trust("web1", "127.0.0.1", server.port, (str(known),))
     assert f"--fingerprint {keys['host'].fingerprint}" in str(info.value)
     assert not known.exists()
+
+
+def _through_gateway(server, keys, known: Path) -> Host:
+    """web1 at 127.0.0.2, reached through ~/.ssh/config's ProxyJump to the server (127.0.0.1),
+    with the deploy key where Fabric's hop looks for one (~/.ssh/id_ed25519)."""
+    ssh_dir = Path(hostkeys.os.environ["HOME"]) / ".ssh"
+    ssh_dir.mkdir(exist_ok=True)
+    (ssh_dir / "id_ed25519").write_bytes(Path(keys["client_path"]).read_bytes())
+    (ssh_dir / "id_ed25519").chmod(0o600)
+    (ssh_dir / "config").write_text(f"Host 127.0.0.2\n  ProxyJump deploy@127.0.0.1:{server.port}\n")
+    host = _host(22, keys["client_path"], (str(known),))
+    return dataclasses.replace(host, address="127.0.0.2")
+
+
+def test_a_proxyjump_hop_with_an_unknown_key_is_refused_before_login(server, keys, tmp_path):
+    """Fabric makes the hop a Connection of its own that adds any key (AutoAddPolicy): a
+    machine in the middle of the hop got the login; fab checks the hop like the host."""
+    known = tmp_path / "known_hosts"
+    host = _through_gateway(server, keys, known)
+    with pytest.raises(DeployError) as info:
+        _run(host)
+    message = str(info.value)
+    assert f"ProxyJump 127.0.0.1 ([127.0.0.1]:{server.port}) offered SSH host key" in message
+    assert keys["host"].fingerprint in message
+    assert f"add it to {known}" in message
+    assert not server.logins  # refused before the hop was logged into
+    assert not known.exists()
+
+
+def test_a_proxyjump_hop_with_a_known_key_is_logged_into(server, keys, tmp_path):
+    known = tmp_path / "known_hosts"
+    known.write_text(_line(server.port, keys["host"]))  # the hop's key, not web1's
+    with pytest.raises(DeployError) as info:
+        _run(_through_gateway(server, keys, known))
+    assert "offered SSH host key" not in str(info.value)  # past the hop's key check ...
+    assert server.logins == ["deploy"]  # ... and its login; the test hop forwards nothing
