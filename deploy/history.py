@@ -102,10 +102,26 @@ def once_live(history: tuple[Entry, ...]) -> set[str]:
     return {e.rid for e in history} | {e.previous for e in history if e.previous}
 
 
-def rolled_back_from(history: tuple[Entry, ...]) -> set[str]:
+def cut_off_rollback(history: tuple[Entry, ...], current: str) -> Entry | None:
+    """The rollback a cut-off run made, when the history misses it; None when it does not.
+
+    Only a switch that passed its gate is recorded. A current release that is not the last
+    recorded one but was live before went live again by a switch whose gate never finished:
+    a rollback (fab killed after the switch). It moved away from the last recorded release,
+    like a finished one would. (A cut-off deploy's current release was never live: no entry.)
+    """
+    if not history or not current or current == history[-1].rid:
+        return None
+    if current not in once_live(history):
+        return None
+    return Entry("", "rollback", current, history[-1].rid)
+
+
+def rolled_back_from(history: tuple[Entry, ...], current: str = "") -> set[str]:
     """Releases a rollback moved away from and that have not been live again since."""
+    cut = cut_off_rollback(history, current)
     left: set[str] = set()
-    for e in history:
+    for e in history + ((cut,) if cut else ()):
         left.discard(e.rid)
         if e.kind == "rollback" and e.previous:
             left.add(e.previous)
@@ -138,7 +154,7 @@ def choose(state: State, to: str = "") -> str:
         if why:
             raise DeployError(f"cannot roll back to {to}: it {why}; {LISTS}")
         return to
-    skip = rolled_back_from(state.history)
+    skip = rolled_back_from(state.history, state.current)
     for e in reversed(state.history):
         for rid in (e.rid, e.previous):
             if rid and rid not in skip and not refusal(state, rid):

@@ -163,8 +163,13 @@ def record_live(c: Connection, host: Host, kind: str, rid: str, previous: str) -
     """Append a passed switch to the history; a previous release from before markers is adopted.
 
     Adopted: it was serving, so its install was complete (fab removed failed installs).
+    A rollback cut off after its switch (history.cut_off_rollback) is written down first,
+    so the release it moved away from stays skipped by later rollbacks.
     """
     line = history.history_line(kind, rid, previous)
+    cut = history.cut_off_rollback(state(c, host).history, previous)
+    if cut:
+        line = history.history_line(cut.kind, cut.rid, cut.previous) + line
     ok, _ = probe(c, f"printf %s {shlex.quote(line)} >> {shlex.quote(history_file(host))}")
     if not ok:
         say(host, f"warning: could not record {rid} in {history_file(host)}; rollback skips it")

@@ -240,3 +240,42 @@ def test_a_host_problem_during_a_rollback_marks_nothing(ssh_site):
     assert "marked" not in str(err.value)
     assert release.state(c, host).failed == frozenset()
     assert rollback.rollback(c, host, boot_one=lambda cc, h, rid, kind: rid) == C
+
+
+def test_a_rollback_cut_off_after_its_switch_still_leaves_the_bad_release_behind(tmp_path):
+    # C was deployed; `fab rollback` booted B, switched, and fab was killed before the gate
+    # passed: nothing recorded, but B serves. Running it again must not go back to C.
+    dirs = {rid: [history.COMPLETE] for rid in (A, B, C)}
+    text = log(("deploy", A, ""), ("deploy", B, A), ("deploy", C, B))
+    st = host_state(tmp_path, dirs, text, B)
+    assert history.choose(st) == A  # it was C: the release the rollback moved away from
+    assert history.cut_off_rollback(st.history, B) == history.Entry("", "rollback", B, C)
+    assert f"{C} (complete, was live)" in history.describe(st)
+    with pytest.raises(DeployError, match="no complete, previously live release"):
+        history.choose(history.State((B, C), frozenset({B, C}), history=st.history, current=B))
+    # A deploy cut off after its switch: its release was never live, the last one is the target.
+    d = history.State((A, B, C, D), frozenset({A, B, C, D}), history=st.history, current=D)
+    assert history.cut_off_rollback(d.history, D) is None
+    assert history.choose(d) == C
+
+
+def test_the_next_recorded_switch_writes_the_cut_off_rollback_down_first(ssh_site):
+    c, host = ssh_site  # A, C, E; history deploy A, C from A, E from C; E current
+    blue = Path(host.color_link("blue"))
+    blue.unlink()
+    blue.symlink_to(host.release_dir(C))  # a rollback to C, cut off before its gate passed
+    assert history.choose(release.state(c, host)) == A
+    (Path(host.release_dir(B)) / "bin").mkdir(parents=True)  # then a deploy of B goes through
+    (Path(host.release_dir(B)) / history.COMPLETE).write_text("x\n")
+    release.record_live(c, host, "deploy", B, C)
+    entries = release.state(c, host).history
+    assert [(e.kind, e.rid, e.previous) for e in entries[-2:]] == [
+        ("rollback", C, E),
+        ("deploy", B, C),
+    ]
+    blue.unlink()
+    blue.symlink_to(host.release_dir(B))
+    st = release.state(c, host)
+    assert st.current == B and history.choose(st) == C
+    after = history.State(st.releases, st.complete, st.failed, st.history, current=C)
+    assert history.choose(after) == A  # E stays behind, as after a finished rollback
