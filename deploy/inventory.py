@@ -146,7 +146,9 @@ def host_from(name: str, v: dict) -> Host:
         address=str(v["ansible_host"]),
         user=str(v["detector_deploy_user"]),
         ssh_port=int(v.get("detector_ssh_port") or v.get("ansible_port") or 22),
-        key_file=str(v.get("ansible_ssh_private_key_file") or ""),
+        key_file=os.path.expanduser(
+            str(v.get("detector_deploy_key_file") or v.get("ansible_ssh_private_key_file") or "")
+        ),
         service=str(v["detector_service"]),
         app_root=str(v["detector_app_root"]).rstrip("/"),
         env_link=str(v["detector_env_link"]).rstrip("/"),

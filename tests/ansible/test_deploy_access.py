@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from deploy import inventory
 
 REPO = Path(__file__).resolve().parents[2]
 ROLES = REPO / "ansible" / "roles"
@@ -206,63 +209,45 @@ def test_backend_listener_binds_the_private_address_only(tmp_path: Path):
     assert "listen 8080" not in d2 and "listen 443" not in d2
 
 
-def _all_tasks() -> list[tuple[str, dict]]:
-    """Every task of every role and playbook (blocks flattened), with its file."""
-    out = []
-    for path in sorted((REPO / "ansible").rglob("*.yml")):
-        if "inventories" in path.parts or "meta" in path.parts or "defaults" in path.parts:
-            continue
-        todo = yaml.safe_load(path.read_text()) or []
-        todo = [t for t in todo if isinstance(t, dict)] if isinstance(todo, list) else []
-        while todo:
-            task = todo.pop(0)
-            out.append((str(path.relative_to(REPO)), task))
-            for key in ("block", "rescue", "always", "tasks", "pre_tasks", "post_tasks"):
-                todo += [t for t in task.get(key) or [] if isinstance(t, dict)]
-    return out
+KEY_CHECK = [
+    task
+    for task in yaml.safe_load((ROLES / "deploy_access" / "tasks" / "user.yml").read_text())
+    if task["name"] == "Check the deploy keys do not also log in as the connecting user"
+]
+ADMIN_KEY = "AAAAC3NzaC1lZDI1NTE5AAAAIAdminAdminAdminAdminAdminAdminAdminAdmin0"
+DEPLOY_KEY = "AAAAC3NzaC1lZDI1NTE5AAAAIDeployDeployDeployDeployDeployDeployDeploy"
 
 
-def test_no_ansible_module_runs_as_the_deploy_or_service_user():
-    """A module run as another user (become_user) is that user's Python: it loads the user's
-    ~/.local usercustomize (deploy-writable homes: /home/deploy, the service's shared/), and
-    the deploy user can rewrite a process of its own uid; its result, facts included, then
-    steers root's later tasks (a fact deploy_access_helper=/its/script is run as root). So
-    modules stay root and only a plain command drops to the user, through runuser."""
-    tasks = _all_tasks()
-    assert len(tasks) > 100
-    as_user = [(path, t.get("name")) for path, t in tasks if "become_user" in t]
-    assert as_user == []
-    for path, task in tasks:
-        env = {str(k).upper() for k in (task.get("environment") or {})}
-        # HOME, PYTHON* or a user base in root's module environment: its Python loads from there
-        assert not env & {"HOME", "PYTHONPATH", "PYTHONUSERBASE", "PYTHONSTARTUP"}, (path, task)
-    dropped = [
-        (path, t["name"])
-        for path, t in tasks
-        if (t.get("ansible.builtin.command") or {}).get("argv", [None])[0] == "/usr/sbin/runuser"
-    ]
-    assert (
-        "ansible/roles/detector/tasks/prepare.yml",
-        "Prepare the OpenVINO models of the configured model",
-    ) in dropped
-    assert {name for path, name in dropped if path.endswith("roll.yml")} == {
-        "Take the deploy lock",
-        "Read who holds the deploy lock",
-        "Point the idle color at the live color's release",
-        "Release the deploy lock",
+@pytest.mark.parametrize(
+    ("deploy_keys", "refused"),
+    [
+        ([f"ssh-ed25519 {ADMIN_KEY} ops@laptop"], True),  # the admin's own key, other comment
+        ([f"ssh-ed25519 {DEPLOY_KEY} fab", f'from="10.0.0.0/8" ssh-ed25519 {ADMIN_KEY}'], True),
+        ([f"ssh-ed25519 {DEPLOY_KEY} fab"], False),
+    ],
+)
+def test_a_deploy_key_that_also_logs_in_as_the_admin_is_refused(tmp_path, deploy_keys, refused):
+    """The deploy user's restrictions mean nothing when its key is also the sudoer's."""
+    assert len(KEY_CHECK) == 1
+    admin = f"ssh-rsa AAAAB3NzaC1yc2EAAAADAQAB other\nssh-ed25519 {ADMIN_KEY} admin@ops\n"
+    extra = {
+        "deploy_access_authorized_keys": deploy_keys,
+        "ansible_user": "admin",
+        "_deploy_access_inherited": {"content": base64.b64encode(admin.encode()).decode()},
     }
+    result = _play(tmp_path, _inventory(tmp_path, {}), KEY_CHECK, extra)
+    out = result.stdout + result.stderr
+    assert (result.returncode != 0) == refused, out
+    if refused:
+        assert "also logs in as admin (a sudoer)" in out and "detector_deploy_key_file" in out
 
 
-def test_root_never_reads_the_content_of_a_file_in_the_deploy_users_tree():
-    """stat as root on the release: no checksum (a FIFO hangs root), no `file` on its bytes;
-    no slurp of anything under the application root (the lock's details may link /etc/shadow)."""
-    for path, task in _all_tasks():
-        stat = task.get("ansible.builtin.stat")
-        if stat and "detector_app_root" in str(stat.get("path")):
-            assert stat.get("get_checksum") is False and stat.get("get_mime") is False, path
-            assert stat.get("get_attributes") is False, path
-        slurp = task.get("ansible.builtin.slurp")
-        if slurp:
-            src = str(slurp.get("src"))
-            assert "detector_app_root" not in src and "_lock" not in src, (path, src)
-            assert "shared_dir" not in src, (path, src)
+def test_fab_logs_in_with_the_deploy_key_file_before_ansibles_key():
+    v = {
+        **yaml.safe_load((ROLES / "detector" / "defaults" / "main.yml").read_text()),
+        "ansible_host": "10.0.0.2",
+        "ansible_ssh_private_key_file": "/keys/admin",
+    }
+    assert inventory.host_from("d1", v).key_file == "/keys/admin"
+    v["detector_deploy_key_file"] = "~/.ssh/detector-deploy"
+    assert inventory.host_from("d1", v).key_file == os.path.expanduser("~/.ssh/detector-deploy")
