@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+ROLES = REPO / "ansible" / "roles"
+BIN = Path(sys.executable).parent
 
 
 def _all_tasks() -> list[tuple[str, dict]]:
@@ -69,3 +75,51 @@ def test_root_never_reads_the_content_of_a_file_in_the_deploy_users_tree():
             src = str(slurp.get("src"))
             assert "detector_app_root" not in src and "_lock" not in src, (path, src)
             assert "shared_dir" not in src, (path, src)
+
+
+def _env_check(tmp_path: Path, prefix: Path) -> subprocess.CompletedProcess:
+    """The python_env role's ownership check of prefix, run by real Ansible here (as root)."""
+    tasks = yaml.safe_load((ROLES / "python_env" / "tasks" / "packages.yml").read_text())
+    names = (
+        "Find what in or above the env someone other than root owns or can write",
+        "Check only root can change the env root runs",
+    )
+    play = [
+        {
+            "hosts": "localhost",
+            "gather_facts": False,
+            "vars": {"_python_env_prefix": str(prefix)},
+            "tasks": [t for t in tasks if t["name"] in names],
+        }
+    ]
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    env["ANSIBLE_LOCAL_TEMP"] = str(tmp_path / ".tmp")
+    argv = [str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local"]
+    argv += ["-e", f"ansible_python_interpreter={sys.executable}", str(tmp_path / "play.yml")]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chowns files to another user")
+def test_root_refuses_to_run_an_env_someone_else_could_have_changed(tmp_path: Path):
+    """A venv under a directory the deploy user owns (the layout before issue 13), or holding a
+    file of another user, stops provisioning before root runs its python."""
+    top = tmp_path / "opt" / "detector"
+    prefix = top / "venv"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "bin" / "python").write_text("#!/bin/sh\n")
+    for path in (tmp_path / "opt", top, prefix, prefix / "bin"):
+        path.chmod(0o755)
+    ok = _env_check(tmp_path, prefix)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    os.chown(top, 65534, 65534)  # the old layout: /opt/detector the deploy user's
+    refused = _env_check(tmp_path, prefix)
+    assert refused.returncode != 0
+    assert f"{top} is owned by a user other than root" in refused.stdout, refused.stdout
+    os.chown(top, 0, 0)
+    os.chown(prefix / "bin" / "python", 65534, 65534)  # a swapped interpreter
+    refused = _env_check(tmp_path, prefix)
+    assert refused.returncode != 0 and str(prefix / "bin" / "python") in refused.stdout
+    os.chown(prefix / "bin" / "python", 0, 0)
+    (prefix / "bin").chmod(0o777)
+    assert _env_check(tmp_path, prefix).returncode != 0
