@@ -70,6 +70,7 @@ class UserInventory:
     password_file: Path
     known_hosts: Path
     home: Path | None = None  # the user's HOME (their ~/.ssh/known_hosts); None: this one's
+    deploy_key: Path | None = None  # the deploy user's own key (fab's), not the admin login's
 
     def _inventory_arg(self) -> str:
         inside = self.inventory.is_relative_to(self.checkout)
@@ -164,7 +165,8 @@ def user_inventory(
     hosts.yml lists the hosts (and lb); group_vars/all/vars.yml and group_vars/detector/vars.yml
     get a user's edits; vault.yml gets the TSIG secret and is encrypted with a password file;
     group_vars/all/testbed.yml holds only what the bed needs (proxy, wheelhouse, Pebble, venv
-    backend, ssh key and the recorded host keys).
+    backend, ssh key and the recorded host keys). The deploy user gets a key of its own
+    (work/deploy_ed25519, README "Security"): the admin login's key is not the deploy key.
     """
     if checkout is None:
         checkout = work / "detector"
@@ -186,6 +188,11 @@ def user_inventory(
     settings = {path: {key: values[key] for key in keys} for path, keys in USER_SETTINGS.items()}
     settings["group_vars/all/vars.yml"]["detector_acme_staging"] = False  # Pebble, not LE
     settings["group_vars/detector/vars.yml"] = {"detector_model": MODEL}
+    deploy_key = deploy_keypair(work / "deploy_ed25519")
+    settings["group_vars/all/vars.yml"].update(
+        detector_deploy_authorized_keys=[Path(f"{deploy_key}.pub").read_text().strip()],
+        detector_deploy_key_file=str(deploy_key),
+    )
     vault = {name: values[key] for key, name in VAULTED.items()}
     user_keys = {k for keys in USER_SETTINGS.values() for k in keys} | set(VAULTED)
     bed_only = {k: v for k, v in values.items() if k not in user_keys}
@@ -207,4 +214,27 @@ def user_inventory(
     )
     if not (inventory / BED_VARS).is_file():
         raise RuntimeError(f"{BED_VARS} was not written into {inventory}")
-    return UserInventory(checkout, inventory, password_file, known)
+    return UserInventory(checkout, inventory, password_file, known, deploy_key=deploy_key)
+
+
+def deploy_keypair(path: Path) -> Path:
+    """An ed25519 key pair for the deploy user at path (+ .pub), made once with ssh-keygen."""
+    if not path.is_file():
+        subprocess.run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "detector-deploy",
+                "-f",
+                str(path),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+    return path

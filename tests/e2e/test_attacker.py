@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -49,7 +50,20 @@ def _q(text: str) -> str:
 def bed(readme_host: ReadmeHost) -> Bed:
     """The session's README-path host (test_cert_alerts shares it: colors are read, not assumed)."""
     host = readme_host.host
-    return Bed(readme_host.bed, host, dataclasses.replace(host, user="deploy"), readme_host.user)
+    deploy = dataclasses.replace(host, user="deploy", key_path=str(readme_host.user.deploy_key))
+    return Bed(readme_host.bed, host, deploy, readme_host.user)
+
+
+def test_the_deploy_key_is_not_the_admin_login(bed: Bed):
+    """The README path gives the deploy user a key of its own: it does not open the sudoer."""
+    assert bed.deploy.key_path != bed.host.key_path
+    assert bed.attacker("id -un").stdout.strip() == "deploy"
+    as_admin = dataclasses.replace(bed.deploy, user=bed.host.user)
+    refused = ssh(as_admin, "id -un", check=False)
+    assert refused.returncode != 0 and "admin" not in refused.stdout
+    keys = bed.root("cat /home/deploy/.ssh/authorized_keys").splitlines()
+    own = Path(f"{bed.deploy.key_path}.pub").read_text().split()[1]
+    assert [k.split()[1] for k in keys if k.strip()] == [own]
 
 
 def test_sudo_lists_only_argument_free_or_validated_commands(bed: Bed):

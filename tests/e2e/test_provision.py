@@ -214,7 +214,9 @@ def test_dns_a_record_points_at_the_host(provisioned: Provisioned):
 
 
 def test_deploy_user_gets_only_its_commands(provisioned: Provisioned):
-    deploy = dataclasses.replace(provisioned.host, user="deploy")
+    deploy = dataclasses.replace(
+        provisioned.host, user="deploy", key_path=str(provisioned.user.deploy_key)
+    )
     helper = "/usr/local/sbin/detector-activate"  # the switch: only names, checked again by it
     assert ssh(deploy, f"sudo -n {helper} --sync", check=False).returncode == 0
     assert ssh(deploy, "sudo -n /usr/sbin/nginx -t -q", check=False).returncode != 0
