@@ -11,6 +11,11 @@ import numpy as np
 from PIL import Image
 from PIL import UnidentifiedImageError
 
+from .filechecks import JPEG_SCAN_PIXELS
+from .filechecks import TIFF_MAX_VALUES
+from .filechecks import jpeg_scan_pixels
+from .filechecks import tiff_buffer_bytes
+from .filechecks import tiff_most_values
 from .orientation import exif_orientation
 from .orientation import parse_orientation
 from .orientation import transpose
@@ -37,8 +42,11 @@ _IMAGE_MAGIC = (
     b"BM",
     b"II*\x00",
     b"MM\x00*",
+    b"II+\x00",
+    b"MM\x00+",
     b"RIFF",
 )
+JPEG_MAX_SIDE = 65500  # libjpeg's JPEG_MAX_DIMENSION: the drawn reply (a JPEG) cannot be larger
 BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as a browser shows them
 
 
@@ -228,6 +236,7 @@ def decode_cost(im: Image.Image, target: int | None = None, orientation: int = 1
             extra = pixels * _WEBP_EXTRA
         elif im.tile and im.tile[0][0] == "bmp_rle":
             extra = pixels * _RLE_EXTRA
+        extra += tiff_buffer_bytes(im)
     native = pixels * _PIXEL_BYTES.get(im.mode, 4)
     result = band = 0
     if im.mode != "RGB" or factor > 1:
@@ -238,9 +247,10 @@ def decode_cost(im: Image.Image, target: int | None = None, orientation: int = 1
 
 
 def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
-    """Open (not decode) an upload, checking its format and its announced size.
+    """Open (not decode) an upload, checking its format, its announced size and structure.
 
-    :raise ImageError: EmptyImage/CorruptImage (400), NotAnImage (415), TooManyPixels (422).
+    :raise ImageError: EmptyImage/CorruptImage (400), NotAnImage (415), TooManyPixels (422),
+        TooCostly (422: a TIFF tag with too many values, a JPEG with too many scans).
     """
     if not data:
         raise EmptyImage("file is empty (0 bytes)")
@@ -249,6 +259,12 @@ def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
             raise NotAnImage(
                 f"{name} files are not accepted; send a photo as JPEG, PNG, WebP, GIF, BMP or TIFF"
             )
+    tag, count = tiff_most_values(data)
+    if count > TIFF_MAX_VALUES:  # Pillow would unpack them all while opening the file
+        raise TooCostly(
+            f"TIFF tag {tag} holds {count} values, more than the {TIFF_MAX_VALUES} this service "
+            "opens; re-save the image with fewer strips or tiles, or as JPEG or PNG"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -268,7 +284,24 @@ def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
         raise TooManyPixels(
             f"image is {width}x{height} = {width * height} pixels, more than the limit {max_pixels}"
         )
+    if im.format in ("JPEG", "MPO"):
+        scans, work = jpeg_scan_pixels(data, im.size)
+        if work > JPEG_SCAN_PIXELS:
+            raise TooCostly(
+                f"this {width}x{height} JPEG has {scans} scans; decoding that many takes too "
+                f"long (scans x pixels over {JPEG_SCAN_PIXELS}); re-save it as a baseline JPEG"
+            )
     return im
+
+
+def check_drawable(im: Image.Image) -> None:
+    """Refuse an image the drawn reply cannot hold: a JPEG's sides stop at JPEG_MAX_SIDE."""
+    width, height = im.size
+    if max(width, height) > JPEG_MAX_SIDE:
+        raise TooManyPixels(
+            f"image is {width}x{height}; the drawn reply is a JPEG, whose sides stop at "
+            f"{JPEG_MAX_SIDE} pixels: send it smaller, or to /api/v1/detect for the boxes only"
+        )
 
 
 def check_cost(im: Image.Image, cost: int, budget: int | None) -> None:

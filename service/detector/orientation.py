@@ -5,6 +5,9 @@ from __future__ import annotations
 from PIL import Image
 
 EXIF_ORIENTATION = 0x0112
+# A JPEG's EXIF (an APP1 segment) holds at most 64 KiB, and cameras write less; a PNG's or WebP's
+# chunk has no such bound: one orientation tag of 9 million values took a worker 530 MB.
+MAX_EXIF_BYTES = 1 << 16
 # EXIF orientation (1..8) -> Pillow transposes: the table ImageOps.exif_transpose uses.
 _TRANSPOSE = {
     2: (Image.Transpose.FLIP_LEFT_RIGHT,),
@@ -17,9 +20,26 @@ _TRANSPOSE = {
 }
 
 
+def exif_size(im: Image.Image) -> int:
+    """Return the bytes of an opened image's EXIF block (a PNG's may follow its pixels: loads it).
+
+    A TIFF's EXIF is its own first directory, bounded before opening (imaging.open_image).
+    """
+    if im.format == "PNG" and "exif" not in im.info:
+        im.load()
+    profile = im.info.get("Raw profile type exif") or ""  # a PNG text chunk, in hex
+    return max(len(im.info.get("exif") or b""), len(profile) // 2)
+
+
 def exif_orientation(im: Image.Image) -> int:
-    """Return the EXIF orientation (1..8) of an opened image, 1 when absent or invalid."""
+    """Return the EXIF orientation (1..8) of an opened image, 1 when absent or invalid.
+
+    An EXIF block larger than MAX_EXIF_BYTES is not read: Pillow unpacks a tag into Python
+    objects, 20 to 40 times its size in bytes.
+    """
     try:
+        if exif_size(im) > MAX_EXIF_BYTES:
+            return 1
         value = int(im.getexif().get(EXIF_ORIENTATION, 1))
     except Exception:  # broken EXIF blocks are common: treat them as "no orientation"
         return 1

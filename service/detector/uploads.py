@@ -11,6 +11,7 @@ from flask import current_app
 from flask import g
 from flask import request
 from PIL import Image
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import metrics
 from .config import Config
@@ -18,6 +19,7 @@ from .errors import ApiError
 from .imaging import MB
 from .imaging import ImageError
 from .imaging import check_cost
+from .imaging import check_drawable
 from .imaging import decode_cost
 from .imaging import decode_image
 from .imaging import open_image
@@ -67,9 +69,14 @@ def read_upload(field: str = FIELD) -> bytes:
     """Return the uploaded bytes: multipart field `field` (`file`), or a raw image/* body.
 
     :raise ApiError 400: no such field (naming the fields that were sent) or an empty file
+    :raise RequestEntityTooLarge: a chunked raw body longer than the upload limit (413)
     """
     if request.mimetype.startswith("image/") or request.mimetype == "application/octet-stream":
         data = request.get_data(cache=False)
+        limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        if request.content_length is None and limit and len(data) >= limit:
+            # a chunked body is cut at the limit: 413, not an error about its first bytes
+            raise RequestEntityTooLarge()
     else:
         upload = request.files.get(field)
         if upload is None:
@@ -88,8 +95,8 @@ def detect_upload(*, draft: bool = False, field: str = FIELD) -> Result:
     :param draft: decode a big image reduced to what the network needs (boxes still come back
         in original pixels); off when the image is drawn on and returned.
     :param field: the multipart field holding the image (`file`; DeepStack clients: `image`)
-    :raise ApiError: 400 no or empty file, 415 not an image, 422 too many pixels or too costly
-        to decode, 503 busy or past the request deadline
+    :raise ApiError: 400 no or empty file, 415 not an image, 422 too many pixels, too costly
+        to decode or (drawn) too long a side for a JPEG, 503 busy or past the request deadline
     """
     app = current_app
     config = app.config["DETECTOR"]
@@ -114,6 +121,8 @@ def _detect(deadline, bounds, config, detector, data, draft, orientation) -> Res
     target = detector.input_size
     try:
         opened = open_image(data, max_pixels=config.max_pixels)
+        if not draft:  # the image comes back drawn, as a JPEG
+            check_drawable(opened)
         cost = decode_cost(opened, target if draft else None, orientation=2)
         check_cost(opened, decode_cost(opened, target if draft else None), bounds.budget.capacity)
         bounds.budget.reserve(cost, deadline)

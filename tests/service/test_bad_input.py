@@ -200,3 +200,13 @@ def test_animated_gif_uses_the_first_frame(client):
 def test_body_over_the_limit_without_a_file_part_is_413(client):
     big = b"x" * (MAX_UPLOAD_BYTES + 10)
     check_error(client.post("/api/v1/detect", data=big, content_type="image/jpeg"), 413)
+
+
+@pytest.mark.parametrize("size", [(70_000, 1), (1, 70_000)])
+def test_a_side_longer_than_a_jpeg_holds_is_422_when_drawn(client, size):
+    """The drawn reply is a JPEG (sides up to 65500): such an image was a 500 with a traceback."""
+    data = encode(Image.new("RGB", size), "PNG")
+    response = post(client, "/", {"file": data})
+    check_error(response, 422)
+    assert "sides stop at 65500 pixels" in response.get_json()["error"]
+    assert post(client, "/api/v1/detect", {"file": data}).status_code == 200

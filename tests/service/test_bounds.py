@@ -6,12 +6,20 @@ import io
 import struct
 import threading
 import time
+import tracemalloc
+import zlib
 
 import pytest
+from corpus import exif_bomb
+from corpus import jpeg_repeated_scans
+from corpus import png_with_exif
+from corpus import tiff
 from detector.app import create_app
 from detector.errors import ApiError
+from detector.imaging import MB
 from detector.limits import Gate
 from detector.limits import MemoryBudget
+from detector.orientation import exif_orientation
 from PIL import Image
 from prometheus_client import REGISTRY
 from svc_helpers import ALLOWED_ORIGIN
@@ -148,3 +156,74 @@ def test_a_page_on_another_origin_can_read_retry_after(client):
     assert response.headers["Access-Control-Allow-Origin"] == ALLOWED_ORIGIN
     exposed = [h.strip() for h in response.headers["Access-Control-Expose-Headers"].split(",")]
     assert "Retry-After" in exposed
+
+
+# Costs a file's structure hides from its pixel count (issue 13.5, attacker's-side audit). The
+# 50 MP versions of these files are in corpus.py, measured on a live worker by test_bounds_live.
+
+
+def test_an_oversized_exif_block_is_not_unpacked():
+    """One orientation tag of 2 million values: Pillow would unpack ~80 MB of Python ints."""
+    image = Image.open(io.BytesIO(png_with_exif(exif_bomb(2_000_000))))
+    tracemalloc.start()
+    try:
+        orientation = exif_orientation(image)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert orientation == 1
+    assert peak < 16 * MB, f"reading the orientation took {peak / MB:.0f} MB"
+
+
+def test_a_small_exif_block_still_gives_the_orientation():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = png(Image.new("RGB", (40, 20)))
+    image = Image.open(io.BytesIO(png_with_exif(exif.tobytes())))
+    assert exif_orientation(image) == 6
+    assert exif_orientation(Image.open(io.BytesIO(data))) == 1
+
+
+@pytest.mark.parametrize("url", ENDPOINTS)
+def test_a_tiff_with_too_many_strips_is_422_before_pillow_opens_it(service_config, url):
+    """Pillow builds a Python tile per strip while opening: 300,000 strips took ~115 MB."""
+    app = create_app({**service_config, "max_upload_bytes": 4 * MB})
+    data = tiff(8, 300_000, (8,), ("strip", 1), bytes(8), compression=1)
+    response = post_file(app.test_client(), url, data, "strips.tif")
+    assert response.status_code == 422
+    assert response.get_json()["error"].startswith("TIFF tag 273 holds 300000 values")
+
+
+def test_a_tiff_strip_buffer_counts_in_the_decode_cost(service_config):
+    """libtiff decodes a whole strip into a buffer: one strip of 64-bit RGBA is 8 bytes a pixel."""
+    app = create_app({**service_config, "decode_memory_mb": 16})
+    size = 1000 * 1000 * 8
+    one_strip = tiff(1000, 1000, (16,) * 4, ("strip", 1000), zlib.compress(bytes(size)), extra=2)
+    strips = tiff(1000, 1000, (16,) * 4, ("strip", 1), zlib.compress(bytes(8000)), extra=2)
+    refused = post_file(app.test_client(), "/", one_strip, "one-strip.tif")
+    assert refused.status_code == 422
+    assert "needs about 19 MB, more than the 16 MB" in refused.get_json()["error"]
+    assert post_file(app.test_client(), "/", strips, "strips.tif").status_code == 200
+
+
+@pytest.mark.parametrize("url", ENDPOINTS)
+def test_a_tiff_tile_larger_than_its_image_counts_in_the_decode_cost(service_config, url):
+    """A 64x64 image in one 4096x4096 tile: libtiff fills a 48 MB buffer from 49 KB."""
+    app = create_app({**service_config, "decode_memory_mb": 40})
+    tile = zlib.compress(bytes(4096 * 4096 * 3), 9)
+    data = tiff(64, 64, (8,) * 3, ("tile", 4096, 4096), tile)
+    response = post_file(app.test_client(), url, data, "tile.tif")
+    assert response.status_code == 422
+    assert "more than the 40 MB an upload may use" in response.get_json()["error"]
+
+
+@pytest.mark.parametrize("url", ENDPOINTS)
+def test_a_jpeg_with_thousands_of_scans_is_422_at_once(client, url):
+    """3,306 scans of 1 MP: libjpeg walks every block once per scan (~2.5 s here)."""
+    data = jpeg_repeated_scans(1000, 1000, 3300)
+    started = time.perf_counter()
+    response = post_file(client, url, data, "scans.jpg")
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 422, f"{response.status_code} after {elapsed:.1f} s"
+    assert "JPEG has 3306 scans" in response.get_json()["error"]
+    assert post_file(client, url, jpeg_repeated_scans(1000, 1000, 20), "ok.jpg").status_code == 200

@@ -25,6 +25,7 @@ ARTIFACTS = ROOT / "test-artifacts"
 PEAK_LIMIT_MB = 450
 ANSWER_LIMIT_S = 20
 ENDPOINTS = ("/api/v1/detect", "/")
+MIB = 1 << 20
 
 
 def _status_mb(pid: int, key: str) -> float:
@@ -63,7 +64,9 @@ def test_any_accepted_upload_stays_within_the_worker_memory_bound(corpus):
     require_weights()
     lines = []
     failures = []
-    with LiveServer(workers=1, threads=3) as live:
+    log = ARTIFACTS / "decode-memory-server.log"
+    ARTIFACTS.mkdir(exist_ok=True)
+    with LiveServer(workers=1, threads=3, log_path=log) as live:
         worker = None
         with httpx.Client(timeout=60) as client:
             for name, path in corpus.items():
@@ -92,6 +95,7 @@ def test_any_accepted_upload_stays_within_the_worker_memory_bound(corpus):
                         break
     _report("decode-memory.txt", lines)
     assert not failures, failures
+    assert "Traceback" not in log.read_text(errors="replace"), f"a traceback in {log}"
 
 
 def test_oversized_upload_gets_413_json_not_a_reset():
@@ -107,6 +111,13 @@ def test_oversized_upload_gets_413_json_not_a_reset():
             assert "larger than the limit" in response.json()["error"]
             multipart = requests.post(live.url + url, files={"file": ("big.jpg", body)}, timeout=60)
             assert multipart.status_code == 413, url
+            chunked = requests.post(  # no Content-Length: werkzeug cuts the body at the limit
+                live.url + url,
+                data=iter([body[i : i + MIB] for i in range(0, len(body), MIB)]),
+                headers={"Content-Type": "image/jpeg"},
+                timeout=60,
+            )
+            assert chunked.status_code == 413, (url, chunked.text)
         assert requests.get(live.url + "/healthz", timeout=10).status_code == 200
 
 
