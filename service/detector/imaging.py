@@ -11,11 +11,9 @@ import numpy as np
 from PIL import Image
 from PIL import UnidentifiedImageError
 
-from .filechecks import JPEG_SCAN_PIXELS
-from .filechecks import TIFF_MAX_VALUES
-from .filechecks import jpeg_scan_pixels
+from .filechecks import jpeg_scans_problem
+from .filechecks import structure_problem
 from .filechecks import tiff_buffer_bytes
-from .filechecks import tiff_most_values
 from .orientation import exif_orientation
 from .orientation import parse_orientation
 from .orientation import transpose
@@ -250,7 +248,8 @@ def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
     """Open (not decode) an upload, checking its format, its announced size and structure.
 
     :raise ImageError: EmptyImage/CorruptImage (400), NotAnImage (415), TooManyPixels (422),
-        TooCostly (422: a TIFF tag with too many values, a JPEG with too many scans).
+        TooCostly (422: a TIFF tag with too many values, a JPEG with too many scans, too
+        many metadata segments or chunks).
     """
     if not data:
         raise EmptyImage("file is empty (0 bytes)")
@@ -259,12 +258,9 @@ def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
             raise NotAnImage(
                 f"{name} files are not accepted; send a photo as JPEG, PNG, WebP, GIF, BMP or TIFF"
             )
-    tag, count = tiff_most_values(data)
-    if count > TIFF_MAX_VALUES:  # Pillow would unpack them all while opening the file
-        raise TooCostly(
-            f"TIFF tag {tag} holds {count} values, more than the {TIFF_MAX_VALUES} this service "
-            "opens; re-save the image with fewer strips or tiles, or as JPEG or PNG"
-        )
+    problem = structure_problem(data)
+    if problem:
+        raise TooCostly(problem)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -284,13 +280,9 @@ def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
         raise TooManyPixels(
             f"image is {width}x{height} = {width * height} pixels, more than the limit {max_pixels}"
         )
-    if im.format in ("JPEG", "MPO"):
-        scans, work = jpeg_scan_pixels(data, im.size)
-        if work > JPEG_SCAN_PIXELS:
-            raise TooCostly(
-                f"this {width}x{height} JPEG has {scans} scans; decoding that many takes too "
-                f"long (scans x pixels over {JPEG_SCAN_PIXELS}); re-save it as a baseline JPEG"
-            )
+    problem = jpeg_scans_problem(data, im.size) if im.format in ("JPEG", "MPO") else None
+    if problem:
+        raise TooCostly(problem)
     return im
 
 

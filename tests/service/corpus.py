@@ -132,6 +132,23 @@ def jpeg_repeated_scans(width: int, height: int, copies: int) -> bytes:
     return data[:end] + last * copies + data[end:]
 
 
+def jpeg_with_segments(segment: bytes, count: int) -> bytes:
+    """A small JPEG with `count` copies of a marker segment after its SOI (Pillow parses each)."""
+    data = _save(Image.new("RGB", (64, 48), (90, 100, 110)), "JPEG")
+    return data[:2] + segment * count + data[2:]
+
+
+def png_with_chunks(chunk: bytes, count: int) -> bytes:
+    """A small PNG with `count` copies of a chunk before its pixels."""
+    small = _save(Image.new("RGB", (64, 48), (90, 100, 110)), "PNG")
+    return small[:33] + chunk * count + small[33:]
+
+
+def iccp(inflated: int) -> bytes:
+    """An iCCP chunk whose profile inflates to `inflated` bytes (Pillow reads up to 1 MiB)."""
+    return _chunk(b"iCCP", b"p\0\0" + zlib.compress(bytes(inflated), 9))
+
+
 def _save(image: Image.Image, fmt: str, **params) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format=fmt, **params)
@@ -172,6 +189,8 @@ CORPUS = {
     "tiff-2.4M-strips": lambda: tiff(8, 2_400_000, (8,), ("strip", 1), bytes(8), compression=1),
     "jpeg-20000-scans": lambda: jpeg_repeated_scans(WIDTH, HEIGHT, 20_000),
     "png-70000x1": lambda: _save(Image.new("RGB", (70_000, 1)), "PNG"),
+    "jpeg-5M-app1-segments": lambda: jpeg_with_segments(b"\xff\xe1\x00\x02", 5_000_000),
+    "png-19000-iccp-chunks": lambda: png_with_chunks(iccp(1 << 20), 19_000),
 }
 
 
