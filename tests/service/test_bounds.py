@@ -23,6 +23,7 @@ from detector.imaging import MB
 from detector.limits import Gate
 from detector.limits import MemoryBudget
 from detector.orientation import exif_orientation
+from detector.uploads import detect_upload
 from PIL import Image
 from prometheus_client import REGISTRY
 from svc_helpers import ALLOWED_ORIGIN
@@ -259,3 +260,24 @@ def test_metadata_of_real_files_is_not_refused(client):
         photo.save(buf, format=fmt, icc_profile=profile)
         response = post_file(client, "/api/v1/detect", buf.getvalue(), f"icc.{fmt.lower()}")
         assert response.status_code == 200, (fmt, response.get_json())
+
+
+def test_a_decoded_image_keeps_its_bytes_in_the_budget_until_it_is_freed(service_config):
+    """The drawn reply holds a full-size image after the detection has left the admission gate:
+    another upload must not decode into that memory meanwhile (3 clients: +548 MB, one worker)."""
+    app = create_app({**service_config, "decode_memory_mb": 30, "request_deadline_s": 1})
+    budget: MemoryBudget = app.extensions["bounds"].budget
+    data = png(big(2000, 1500))  # RGB: 12 MB in Pillow; decoding it for / reserves ~28 MB
+    form = {"file": (io.BytesIO(data), "a.png")}
+    with app.test_request_context("/", method="POST", data=form):
+        first = detect_upload()
+    assert budget.used == 4 * 2000 * 1500
+    second = post_file(app.test_client(), "/", data, "b.png")
+    assert second.status_code == 503  # its decode waited for the memory until the deadline
+    assert second.get_json()["error"] and int(second.headers["Retry-After"]) >= 1
+    time.sleep(0.2)  # the waiting job gives up at the same deadline, taking nothing
+    assert budget.used == 4 * 2000 * 1500
+    del first
+    assert budget.used == 0
+    assert post_file(app.test_client(), "/", data, "b.png").status_code == 200
+    assert budget.used == 0
