@@ -7,6 +7,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 WIDTH, HEIGHT = 8000, 6250  # 50 MP: the default max_pixels
@@ -147,6 +148,13 @@ def png_with_chunks(chunk: bytes, count: int) -> bytes:
 def iccp(inflated: int) -> bytes:
     """An iCCP chunk whose profile inflates to `inflated` bytes (Pillow reads up to 1 MiB)."""
     return _chunk(b"iCCP", b"p\0\0" + zlib.compress(bytes(inflated), 9))
+
+
+def noise_jpeg(width: int = WIDTH, height: int = HEIGHT, quality: int = 40) -> bytes:
+    """Random pixels as JPEG (17 MB at 50 MP): the drawn reply of / is as large (~40 MB)."""
+    rng = np.random.default_rng(13)
+    pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return _save(Image.fromarray(pixels), "JPEG", quality=quality)
 
 
 def _save(image: Image.Image, fmt: str, **params) -> bytes:

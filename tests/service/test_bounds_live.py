@@ -13,6 +13,7 @@ import httpx
 import pytest
 import requests
 from corpus import build
+from corpus import noise_jpeg
 from detector import sizing
 from svc_helpers import ROOT
 from svc_helpers import jpeg_bytes
@@ -96,6 +97,38 @@ def test_any_accepted_upload_stays_within_the_worker_memory_bound(corpus):
     _report("decode-memory.txt", lines)
     assert not failures, failures
     assert "Traceback" not in log.read_text(errors="replace"), f"a traceback in {log}"
+
+
+def test_concurrent_drawn_replies_stay_within_the_worker_memory_bound(tmp_path):
+    """Three clients send a 17 MB, 50 MP noise photo to / for 10 s (busy answers retried at once).
+
+    Each reply holds a full-size image and a ~40 MB JPEG after its detection has left the
+    admission gate; measured before the fixes: +571 MB on one worker.
+    """
+    require_weights()
+    data = noise_jpeg()
+    statuses: list[int] = []
+    with LiveServer(workers=1, threads=3) as live:
+        worker = _fresh_worker(live, None)
+        before = _status_mb(worker, "VmRSS")
+        stop = time.monotonic() + 10
+
+        def send() -> None:
+            with httpx.Client(timeout=60) as client:
+                while time.monotonic() < stop:
+                    response = client.post(live.url + "/", files={"file": ("noise.jpg", data)})
+                    statuses.append(response.status_code)
+
+        clients = [threading.Thread(target=send) for _ in range(3)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join(90)
+        rise = _status_mb(worker, "VmHWM") - before
+    counts = {status: statuses.count(status) for status in sorted(set(statuses))}
+    _report("decode-memory-concurrent.txt", [f"noise-jpeg 3 clients on /: +{rise:.0f} MB {counts}"])
+    assert set(counts) <= {200, 503} and counts.get(200)
+    assert rise <= PEAK_LIMIT_MB
 
 
 def test_oversized_upload_gets_413_json_not_a_reset():
