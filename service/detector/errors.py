@@ -71,7 +71,15 @@ def register(app: Flask) -> None:
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge):
         limit = app.config.get("MAX_CONTENT_LENGTH") or 0
+        length = request.content_length
         drain_body(DRAIN_FACTOR * limit)
+        if length is not None and length <= limit:  # werkzeug's form limits, not the body's
+            return error_response(
+                413,
+                f"the form has more than {request.max_form_parts} parts or a text field over "
+                f"{request.max_form_memory_size} bytes; send the image as the field 'file' "
+                "with short text fields",
+            )
         return error_response(
             413, f"upload is larger than the limit of {limit} bytes ({limit / 1e6:.1f} MB)"
         )

@@ -210,3 +210,21 @@ def test_a_side_longer_than_a_jpeg_holds_is_422_when_drawn(client, size):
     check_error(response, 422)
     assert "sides stop at 65500 pixels" in response.get_json()["error"]
     assert post(client, "/api/v1/detect", {"file": data}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {f"part{i}": "x" for i in range(1001)},  # werkzeug reads at most 1000 parts
+        {"orientation": "6" * 600_000},  # and 500,000 bytes of text fields
+    ],
+    ids=["1001-parts", "600-kB-text-field"],
+)
+def test_a_form_over_werkzeugs_limits_is_413_saying_which(client, fields):
+    """The body is under the upload limit: the answer must not claim it is larger."""
+    response = post(client, "/api/v1/detect", {"file": jpeg_bytes(photo()), **fields})
+    check_error(response, 413)
+    assert (
+        "the form has more than 1000 parts or a text field over 500000 bytes"
+        in (response.get_json()["error"])
+    )
