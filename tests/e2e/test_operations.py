@@ -164,6 +164,42 @@ def test_rollback_skips_a_half_installed_newer_release(ops: Ops):
     assert f"{current} (complete, was live)" in again.stdout  # rolled back from: not a target
 
 
+def test_a_rollback_killed_after_its_switch_is_not_undone_by_the_next_one(ops: Ops):
+    first = served_release(ops.host)  # before the config test: its threshold drops the cup
+    deployed = fab("deploy", "--allow-dirty", env=ops.env, name="ops-deploy-before-kill")
+    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-2000:]
+    newer = served_release(ops.host)
+    assert newer != first
+    # `fab rollback` to first, SIGKILLed once nginx switched (the gate had started): nothing
+    # recorded, its lock left behind, first serving.
+    argv = [FAB, "rollback"]
+    with subprocess.Popen(argv, cwd=ROOT, env=ops.env, stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            for line in proc.stdout:
+                if "] health gate " in line:
+                    break
+        finally:
+            proc.kill()
+    deadline = time.monotonic() + 30  # `systemctl reload nginx` returns before old workers quit
+    while served_release(ops.host) != first and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert served_release(ops.host) == first
+    status = fab("status", env=ops.env, name="ops-status-killed-rollback")
+    assert f"is STALE: the fab process that took it (pid {proc.pid} on this machine)" in (
+        status.stdout
+    ), status.stdout[-3000:]
+    assert f"{newer} (complete, was live)" in status.stdout  # not the rollback target
+    assert fab("unlock", env=ops.env, name="ops-unlock-killed-rollback").returncode == 0
+    again = fab("rollback", env=ops.env, name="ops-rollback-after-kill")
+    assert served_release(ops.host) == first, again.stdout[-2000:]  # never back to newer
+    assert again.returncode != 0 and "no complete, previously live release" in again.stderr
+    restarted = fab("restart", env=ops.env, name="ops-restart-after-kill")  # recovers cleanly
+    assert restarted.returncode == 0, restarted.stdout[-3000:] + restarted.stderr[-2000:]
+    history = ops.as_deploy(f"cat {ops.host.shared_dir}/history").stdout.splitlines()
+    assert history[-2].split()[1:] == ["rollback", first, f"from={newer}"]
+    assert history[-1].split()[1:] == ["restart", first, f"from={first}"]
+
+
 def test_config_change_rolls_the_colors_under_load_holding_the_lock(ops: Ops):
     release = served_release(ops.host)
     old = scores(ops.host)
