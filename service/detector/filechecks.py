@@ -94,11 +94,15 @@ def structure_problem(data: bytes) -> str | None:
         )
     if data.startswith(PNG_SIGNATURE):
         chunks, inflated = png_chunks(data)
-        if chunks > MAX_SEGMENTS or inflated > MAX_INFLATED_CHUNKS:
+        if chunks > MAX_SEGMENTS:
             return (
-                f"this PNG has {chunks} metadata chunks, {inflated} of them compressed (iCCP, "
-                f"zTXt, iTXt); at most {MAX_SEGMENTS} and {MAX_INFLATED_CHUNKS} are read: "
+                f"this PNG has more than {MAX_SEGMENTS} metadata chunks; "
                 "re-save it without its metadata"
+            )
+        if inflated > MAX_INFLATED_CHUNKS:
+            return (
+                f"this PNG has {inflated} compressed metadata chunks (iCCP, zTXt, iTXt), more "
+                f"than {MAX_INFLATED_CHUNKS}; re-save it without its metadata"
             )
     return None
 

@@ -13,7 +13,7 @@ from PIL import Image
 WIDTH, HEIGHT = 8000, 6250  # 50 MP: the default max_pixels
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
+def png_chunk(kind: bytes, data: bytes) -> bytes:
     crc = struct.pack(">I", zlib.crc32(kind + data))
     return struct.pack(">I", len(data)) + kind + data + crc
 
@@ -25,7 +25,10 @@ def png16(width: int, height: int, color_type: int, channels: int) -> bytes:
     data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
     ihdr = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
     return (
-        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", data)
+        + png_chunk(b"IEND", b"")
     )
 
 
@@ -122,7 +125,7 @@ def exif_bomb(values: int) -> bytes:
 def png_with_exif(exif: bytes) -> bytes:
     """A small PNG carrying `exif` in an eXIf chunk before its pixels."""
     small = _save(Image.new("RGB", (64, 48), (90, 100, 110)), "PNG")
-    return small[:33] + _chunk(b"eXIf", exif) + small[33:]
+    return small[:33] + png_chunk(b"eXIf", exif) + small[33:]
 
 
 def jpeg_repeated_scans(width: int, height: int, copies: int) -> bytes:
@@ -147,7 +150,7 @@ def png_with_chunks(chunk: bytes, count: int) -> bytes:
 
 def iccp(inflated: int) -> bytes:
     """An iCCP chunk whose profile inflates to `inflated` bytes (Pillow reads up to 1 MiB)."""
-    return _chunk(b"iCCP", b"p\0\0" + zlib.compress(bytes(inflated), 9))
+    return png_chunk(b"iCCP", b"p\0\0" + zlib.compress(bytes(inflated), 9))
 
 
 def noise_jpeg(width: int = WIDTH, height: int = HEIGHT, quality: int = 40) -> bytes:
