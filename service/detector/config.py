@@ -58,7 +58,7 @@ class Config:
     workers: int = 0  # gunicorn worker processes; 0 = sized from CPU and memory (gunicorn_conf)
     worker_threads: int = 0  # request threads per worker; 0 = sized with workers
     backend_url: str = ""  # where the upload page POSTs; empty = the page's own origin
-    request_deadline_s: float = 30.0  # decode + inference per request; later = 503
+    request_deadline_s: float = 15.0  # decode + inference per request; later = 503
     # a detection still running after this recycles its worker (watchdog); 0 = 2 x the deadline
     detection_limit_s: float = 0.0
     # memory one worker's image decodes may use at once; more = 422 (default: the sizing rule's)

@@ -71,7 +71,8 @@ def test_work_past_its_deadline_stops_before_inference_and_frees_its_slot(servic
 
 
 def test_the_default_deadline_lets_a_normal_request_through(client, coffee_jpeg):
-    assert client.application.config["DETECTOR"].request_deadline_s == 30
+    """Issue 13.5: every answer in < 20 s, so the default deadline is under it."""
+    assert client.application.config["DETECTOR"].request_deadline_s == 15
     assert post_file(client, "/api/v1/detect", coffee_jpeg).status_code == 200
 
 
