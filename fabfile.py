@@ -40,6 +40,17 @@ def _hosts_and_lb(inventory_arg: str, hosts: str):
         remote.fail(f"error: {exc}")
 
 
+def _named_hosts(inventory_arg: str, hosts: str):
+    """The inventory's hosts named in `hosts` (all when empty), the lb included, and the lb."""
+    detectors, balancer = _hosts_and_lb(inventory_arg, "")
+    everyone = detectors + ([balancer.host] if balancer else [])
+    wanted = [h for h in hosts.split(",") if h]
+    unknown = sorted(set(wanted) - {h.name for h in everyone})
+    if unknown:
+        remote.fail(f"error: host(s) {', '.join(unknown)} not in the inventory; see --inventory")
+    return [h for h in everyone if not wanted or h.name in wanted], balancer
+
+
 def _each(hosts: list[inventory.Host], action, locked: str = "") -> None:
     """Run action(c, host) per host, in order; stop at the first failure with its reason."""
     for host in hosts:
@@ -230,13 +241,7 @@ def trust_host(c, fingerprint="", hosts="", inventory=""):
     ansible_ssh_common_args), else ~/.ssh/known_hosts. A key that differs from a known one is
     refused: remove the old line with `ssh-keygen -R` only after checking why it changed.
     """
-    detectors, balancer = _hosts_and_lb(inventory, "")
-    everyone = detectors + ([balancer.host] if balancer else [])
-    wanted = [h for h in hosts.split(",") if h]
-    unknown = sorted(set(wanted) - {h.name for h in everyone})
-    if unknown:
-        remote.fail(f"error: host(s) {', '.join(unknown)} not in the inventory; see --inventory")
-    targets = [h for h in everyone if not wanted or h.name in wanted]
+    targets, _ = _named_hosts(inventory, hosts)
     if fingerprint and len(targets) != 1:
         remote.fail("error: --fingerprint names one host's key; add --hosts NAME")
     for host in targets:
@@ -264,12 +269,7 @@ def unlock(c, hosts="", inventory=""):
     deploy takes one on the lb; there this also names detectors a cut-off roll left drained
     (the next `fab deploy` puts them back).
     """
-    detectors, balancer = _hosts_and_lb(inventory, "")
-    everyone = detectors + ([balancer.host] if balancer else [])
-    wanted = [h for h in hosts.split(",") if h]
-    unknown = sorted(set(wanted) - {h.name for h in everyone})
-    if unknown:
-        remote.fail(f"error: host(s) {', '.join(unknown)} not in the inventory; see --inventory")
+    targets, balancer = _named_hosts(inventory, hosts)
 
     def drop(cc, host):
         held = lock.status(cc, host.lock_dir)
@@ -280,4 +280,4 @@ def unlock(c, hosts="", inventory=""):
             down = rolling.drained(cc, balancer)
             remote.say(host, "detectors drained here: " + (", ".join(down) or "none"))
 
-    _each([h for h in everyone if not wanted or h.name in wanted], drop)
+    _each(targets, drop)

@@ -20,6 +20,21 @@ from deploy.remote import DeployError
 
 ROOT = Path(__file__).resolve().parents[2]
 FAB = str(Path(sys.executable).with_name("fab"))
+
+
+def _fab_unlock(inv: Path, home: Path) -> subprocess.CompletedProcess:
+    """`fab unlock` on the inventory, as a person runs it (no agent, a home of its own)."""
+    env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "HOME": str(home)}
+    return subprocess.run(
+        [FAB, "unlock", "--inventory", str(inv)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
 RID = "20261126T010203Z-ab12cd34"
 
 
@@ -59,15 +74,7 @@ def test_a_lock_cut_off_between_its_two_writes_is_held_and_fab_unlock_frees_it(s
     assert lock.read(c, host.lock_dir) == (True, "")
     with pytest.raises(lock.LockHeld, match="names no holder.*fab unlock"):
         lock.acquire(c, host.lock_dir, RID, "fab deploy")
-    env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "HOME": str(tmp_path)}
-    unlock = subprocess.run(
-        [FAB, "unlock", "--inventory", str(inv)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    unlock = _fab_unlock(inv, tmp_path)
     assert unlock.returncode == 0, unlock.stdout + unlock.stderr
     assert "[web1] removed: deploy lock" in unlock.stdout
     assert not Path(host.lock_dir).exists()
@@ -146,15 +153,7 @@ def test_fab_unlock_frees_the_lock_a_cut_off_rolling_deploy_left_on_the_lb(site,
     subprocess.run(["sh", "-c", lock.take_command(bal.host.lock_dir, left)], check=True)
     with pytest.raises(lock.LockHeld, match=r"127\.0\.0\.1: deploy lock held by .* is STALE"):
         lock.acquire(c, bal.host.lock_dir, RID, "fab deploy (rolling)")
-    env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "HOME": str(tmp_path)}
-    unlock = subprocess.run(
-        [FAB, "unlock", "--inventory", str(inv)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    unlock = _fab_unlock(inv, tmp_path)
     assert unlock.returncode == 0, unlock.stdout + unlock.stderr
     assert "[web1] no deploy lock" in unlock.stdout
     assert f"[lb1] removed: deploy lock held by {lock.holder()}" in unlock.stdout
