@@ -34,6 +34,7 @@ def test_the_readme_prints_the_user_path_in_order():
     wanted = [
         "make setup-control && . .venv/bin/activate",
         f"cp -r ansible/inventories/example {userpath.INVENTORY}",
+        "ssh-keygen -t ed25519 -f ~/.ssh/detector-deploy",  # userpath.deploy_keypair's step
         f"ansible-vault encrypt {userpath.INVENTORY}/group_vars/all/vault.yml",
         "fab trust-host",
         "fab deploy",
